@@ -1,0 +1,203 @@
+"""One pydantic configuration for every preset: the Studio form, the CLI flags and the graph context.
+
+A preset is a set of defaults, not a second code path: ``single`` is one proposer in one layer,
+``moa`` is dense (k = n, fixed layers, no early stop), ``smoa`` is sparse with a moderator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Preset = Literal["single", "moa", "smoa"]
+ModeratorMode = Literal["consistency", "model", "hybrid", "never"]
+
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "single": {"n_proposers": 1, "k": 1, "max_layers": 1, "moderator": "never"},
+    "moa": {"n_proposers": 4, "k": 4, "max_layers": 2, "moderator": "never"},
+    "smoa": {"n_proposers": 4, "k": 2, "max_layers": 3, "moderator": "hybrid"},
+}
+
+# Diverse default personas (occupation, personality, social group), cycled when n > len.
+DEFAULT_ROLES: tuple[str, ...] = (
+    "a meticulous mathematician who checks every step and states the final answer plainly",
+    "a pragmatic software engineer who prefers simple, concrete and verifiable explanations",
+    "a patient school teacher who explains reasoning step by step for a curious student",
+    "a skeptical scientist who questions assumptions and looks for errors before answering",
+    "a concise business analyst who gets to the point and quantifies whenever possible",
+    "a thoughtful philosopher who weighs different interpretations of the question",
+    "a careful editor who values clarity, correct facts and well-structured prose",
+    "an experienced physician used to making careful decisions from incomplete information",
+)
+
+
+class SMoAConfig(BaseModel):
+    """Configuration of a Sparse Mixture-of-Agents run (also the graph's context schema)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    preset: Preset = Field(
+        "smoa",
+        description="single: one model answers; moa: dense Mixture-of-Agents (k = n, no early "
+        "stop); smoa: sparse, a judge keeps k of n responses and a moderator may stop early. "
+        "Fields you leave unset take the preset's value.",
+    )
+    n_proposers: int = Field(
+        4, ge=1, le=64, description="Proposers per layer (n). They run in parallel."
+    )
+    k: int = Field(
+        2, ge=1, description="Responses the judge keeps per layer (k <= n, the sparsity knob)."
+    )
+    max_layers: int = Field(3, ge=1, le=20, description="Maximum number of proposer layers.")
+    moderator: ModeratorMode = Field(
+        "hybrid",
+        description="When to stop early. consistency: stop when the selected responses agree "
+        "(no model call); model: ask the moderator model; hybrid: consistency first, the model "
+        "only when they disagree; never: always run max_layers.",
+    )
+    merge_judge_moderator: bool = Field(
+        False,
+        description="Let the judge's call also give the moderator's verdict (saves one call per "
+        "layer, as in the reference code). The moderator node still decides and records it.",
+    )
+    consistency_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Lexical similarity (0-1) above which responses without an extractable "
+        "final answer count as agreeing.",
+    )
+    token_budget: int | None = Field(
+        None, ge=1, description="Stop after the layer in which total tokens reach this budget."
+    )
+    forward_critique: bool = Field(
+        True, description="Forward the judge's short critique to the next layer's proposers."
+    )
+    model: str = Field(
+        "local",
+        description="Default model for every role: 'local' (embedded SmolLM2 server), a "
+        "provider string such as 'openai:gpt-4o-mini', or 'MODEL@BASE_URL' for any "
+        "OpenAI-compatible endpoint.",
+    )
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint for plain model names (no provider prefix).",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the API key for base_url endpoints.",
+    )
+    proposer_models: list[str] | None = Field(
+        None, description="One model per proposer (length n); default: model."
+    )
+    judge_model: str | None = Field(None, description="Judge model; default: model.")
+    moderator_model: str | None = Field(None, description="Moderator model; default: model.")
+    aggregator_model: str | None = Field(None, description="Aggregator model; default: model.")
+    role_model: str | None = Field(None, description="Role-generation model; default: model.")
+    proposer_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Proposer temperature.")
+    aggregator_temperature: float = Field(
+        0.7, ge=0.0, le=2.0, description="Aggregator temperature."
+    )
+    control_temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Judge, moderator and role-generator temperature."
+    )
+    max_tokens: int = Field(512, ge=1, le=32768, description="Output cap per proposer call.")
+    aggregator_max_tokens: int | None = Field(
+        None, ge=1, le=32768, description="Output cap of the aggregator; default: max_tokens."
+    )
+    structured_output: bool = Field(
+        True,
+        description="Use JSON-schema constrained output for judge, moderator and roles where "
+        "the model supports it; text parsing is the fallback either way.",
+    )
+    roles: list[str] | None = Field(
+        None, description="Static role prompts, one per proposer (length n)."
+    )
+    task_description: str | None = Field(
+        None,
+        description="Dataset/task description D. With it, roles are generated once by the role "
+        "model and cached.",
+    )
+    task_requirement: str | None = Field(
+        None, description="Task requirement T for role generation (what a good answer does)."
+    )
+    roles_cache_dir: str | None = Field(
+        None, description="Folder for generated roles; default: $SMOA_CACHE_DIR/roles."
+    )
+    max_prompt_chars: int = Field(
+        200_000, ge=1, description="Longest accepted prompt, in characters."
+    )
+    proposer_timeout_s: float = Field(
+        120.0, gt=0, description="Timeout per proposer attempt in seconds (set at graph build)."
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=10, description="Attempts per model call on transient errors (at build)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill fields the caller left unset from the preset's defaults."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "smoa")
+        if preset not in PRESET_DEFAULTS:
+            raise ValueError(
+                f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_DEFAULTS)}"
+            )
+        return {**PRESET_DEFAULTS[preset], **data}
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> SMoAConfig:
+        """Reject combinations that cannot run, naming the field and the fix."""
+        n = self.n_proposers
+        if self.k > n:
+            raise ValueError(
+                f"k: k={self.k} is larger than n_proposers={n}; set k <= n_proposers"
+            )
+        if self.preset == "moa" and self.k != n:
+            raise ValueError(f"k: the moa preset is dense, so k must equal n_proposers ({n})")
+        if self.preset == "moa" and self.moderator != "never":
+            raise ValueError(
+                "moderator: the moa preset always runs max_layers; use preset 'smoa' to stop early"
+            )
+        if self.preset == "single" and (n != 1 or self.max_layers != 1):
+            raise ValueError(
+                "n_proposers/max_layers: the single preset is one proposer in one layer; "
+                "use preset 'moa' or 'smoa' for more"
+            )
+        for name in ("roles", "proposer_models"):
+            value = getattr(self, name)
+            if value is not None:
+                if len(value) != n:
+                    raise ValueError(
+                        f"{name}: got {len(value)} entries for n_proposers={n}; give exactly "
+                        f"one per proposer"
+                    )
+                if any(not str(v).strip() for v in value):
+                    raise ValueError(f"{name}: entries must not be empty")
+        for name in ("model", "judge_model", "moderator_model", "aggregator_model", "role_model"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name}: must not be empty; e.g. 'local' or 'openai:gpt-4o-mini'")
+        return self
+
+    def proposer_model(self, index: int) -> str:
+        """Model spec for proposer ``index``."""
+        return self.proposer_models[index] if self.proposer_models else self.model
+
+    def role_prompts_static(self) -> list[str]:
+        """Static roles: the configured ones, else the built-in personas cycled to n."""
+        if self.roles:
+            return list(self.roles)
+        return [DEFAULT_ROLES[i % len(DEFAULT_ROLES)] for i in range(self.n_proposers)]
+
+
+def resolve_config(value: SMoAConfig | dict[str, Any] | None, default: SMoAConfig) -> SMoAConfig:
+    """Turn a runtime context (model, dict or None) into a validated config."""
+    if value is None:
+        return default
+    if isinstance(value, SMoAConfig):
+        return value
+    return SMoAConfig.model_validate(value)

@@ -1,0 +1,158 @@
+"""How candidates are shown to the judge and moderator, and how their verdicts are validated.
+
+Candidates stand between markers carrying a nonce derived from their text; marker-like text inside
+a response is defused, so a response cannot impersonate another one or the output format.
+
+Judge fallback rule (deterministic, never random): valid indices are kept in the judge's order
+(out-of-range, non-integer and repeated ones are dropped and reported); when fewer than k remain,
+the rest is filled by ranking the other candidates: first those whose final answer matches the
+most common final answer, then by proposer order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from smoa_graph.consistency import extract_final_answer
+
+REASONING_MAX_CHARS = 300
+CRITIQUE_MAX_CHARS = 300
+_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def _defuse(text: str) -> str:
+    return text.replace("<<<", "< < <").replace(">>>", "> > >")
+
+
+def format_candidates(texts: list[str]) -> tuple[str, str]:
+    """Render texts as numbered, nonce-delimited blocks. Returns (block, nonce)."""
+    nonce = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:8]
+    blocks = [
+        f"<<<RESPONSE {i} {nonce}>>>\n{_defuse(t.strip())}\n<<<END RESPONSE {i} {nonce}>>>"
+        for i, t in enumerate(texts, 1)
+    ]
+    return "\n\n".join(blocks), nonce
+
+
+def judge_schema(m: int, k: int, with_stop: bool) -> dict[str, Any]:
+    """Bounded JSON schema of a verdict choosing k of m candidates (1-based)."""
+    properties: dict[str, Any] = {
+        "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
+        "chosen": {
+            "type": "array",
+            "items": {"type": "integer", "enum": list(range(1, m + 1))},
+            "minItems": k,
+            "maxItems": k,
+        },
+        "critique": {"type": "string", "maxLength": CRITIQUE_MAX_CHARS},
+    }
+    if with_stop:
+        properties["stop"] = {"type": "boolean"}
+    return {
+        "title": "judge_verdict",
+        "description": f"The {k} best of {m} responses, by number.",
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def judge_format(k: int, with_stop: bool) -> str:
+    """The JSON shape shown in the judge prompt."""
+    numbers = ", ".join(f"<number {j}>" for j in range(1, k + 1))
+    stop = ', "stop": <true if these are good and consistent enough to stop>' if with_stop else ""
+    return (
+        f'{{"reasoning": "<one or two sentences>", "chosen": [{numbers}], '
+        f'"critique": "<what the next round should fix>"{stop}}}'
+    )
+
+
+MODERATOR_SCHEMA: dict[str, Any] = {
+    "title": "moderator_verdict",
+    "description": "Whether to stop the rounds now.",
+    "type": "object",
+    "properties": {
+        "reason": {"type": "string", "maxLength": 200},
+        "quality": {"type": "integer", "enum": list(range(1, 11))},
+        "stop": {"type": "boolean"},
+    },
+    "required": ["reason", "quality", "stop"],
+    "additionalProperties": False,
+}
+MODERATOR_FORMAT = '{"reason": "<one sentence>", "quality": <1-10>, "stop": <true or false>}'
+
+
+def parse_json_object(parsed: Any, text: str) -> dict[str, Any] | None:
+    """The verdict as a dict: the structured result, else the first JSON object in the text."""
+    if isinstance(parsed, dict):
+        return parsed
+    for candidate in (text.strip(), *(_JSON_OBJECT.findall(text) or [])):
+        try:
+            value = json.loads(candidate)
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A validated judge verdict; ``selected`` are 0-based positions in the shown list."""
+
+    selected: list[int]
+    reasoning: str
+    critique: str
+    fallback: str | None
+    stop_vote: bool | None
+
+
+def _fallback_order(texts: list[str]) -> list[int]:
+    answers = [extract_final_answer(t) for t in texts]
+    counts = Counter(a for a in answers if a is not None)
+    majority = counts.most_common(1)[0][0] if counts else None
+    return sorted(range(len(texts)), key=lambda i: (answers[i] != majority or majority is None, i))
+
+
+def validate_verdict(data: dict[str, Any] | None, texts: list[str], k: int) -> Verdict:
+    """Apply the module's rule to a raw verdict for ``texts``; always returns exactly k picks."""
+    m = len(texts)
+    problems: list[str] = []
+    chosen: list[int] = []
+    raw = data.get("chosen") if data else None
+    if data is None:
+        problems.append("no JSON verdict")
+    elif not isinstance(raw, list):
+        problems.append("'chosen' missing or not a list")
+    else:
+        for item in raw:
+            number = item if isinstance(item, int) and not isinstance(item, bool) else None
+            if number is None and isinstance(item, str) and item.strip().isdigit():
+                number = int(item.strip())
+            if number is None or not 1 <= number <= m:
+                problems.append(f"invalid index {item!r}")
+            elif number - 1 in chosen:
+                problems.append(f"duplicate index {number}")
+            else:
+                chosen.append(number - 1)
+    if len(chosen) > k:
+        problems.append(f"{len(chosen)} chosen, expected {k}")
+        chosen = chosen[:k]
+    if len(chosen) < k:
+        if data is not None and isinstance(raw, list):
+            problems.append(f"{len(chosen)} valid of {k} needed")
+        chosen += [i for i in _fallback_order(texts) if i not in chosen][: k - len(chosen)]
+    stop = data.get("stop") if data else None
+    return Verdict(
+        selected=chosen,
+        reasoning=str(data.get("reasoning", ""))[:REASONING_MAX_CHARS] if data else "",
+        critique=str(data.get("critique", ""))[:CRITIQUE_MAX_CHARS] if data else "",
+        fallback="; ".join(problems) or None,
+        stop_vote=stop if isinstance(stop, bool) else None,
+    )

@@ -1,0 +1,197 @@
+"""Chat models named by strings, built lazily, and called with per-call accounting.
+
+A model spec is one of:
+- ``"local"``: the embedded SmolLM2 model on a llama-server started on demand;
+- ``"provider:model"`` (e.g. ``"openai:gpt-4o-mini"``): LangChain's ``init_chat_model``;
+- ``"model@http://host:port/v1"``: any OpenAI-compatible endpoint;
+- a plain model name, served by the configured ``base_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.runnables import RunnableConfig
+
+from smoa_graph.state import CallRecord
+
+LOCAL_MODEL_ALIAS = "smollm2"
+
+
+class ModelConfigError(ValueError):
+    """A model spec that cannot be turned into a chat model (raised before any call)."""
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Everything needed to build one role's chat model."""
+
+    spec: str
+    temperature: float
+    max_tokens: int
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+ModelFactory = Callable[[ModelRequest], BaseChatModel]
+
+
+def _openai_compatible(request: ModelRequest, model: str, base_url: str, api_key: str) -> Any:
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=model,
+        base_url=base_url,
+        api_key=api_key,  # type: ignore[arg-type]
+        temperature=request.temperature,
+        max_tokens=request.max_tokens,  # type: ignore[call-arg]
+        stream_usage=True,
+        max_retries=0,  # retries belong to the graph's RetryPolicy
+    )
+
+
+@lru_cache(maxsize=256)
+def default_model_factory(request: ModelRequest) -> BaseChatModel:
+    """Build (once per distinct request) the chat model a spec names."""
+    spec = request.spec.strip()
+    key = os.environ.get(request.api_key_env) or "not-needed"
+    if spec == "local" or spec.startswith("local:"):
+        from smoa_graph.local_server import ensure_local_server
+
+        return _openai_compatible(request, LOCAL_MODEL_ALIAS, ensure_local_server(), "local")  # type: ignore[no-any-return]
+    if "@" in spec:
+        model, _, base_url = spec.partition("@")
+        if not model or not base_url.startswith(("http://", "https://")):
+            raise ModelConfigError(
+                f"model {spec!r}: expected 'MODEL@http://host:port/v1' for an OpenAI-compatible "
+                "endpoint"
+            )
+        return _openai_compatible(request, model, base_url, key)  # type: ignore[no-any-return]
+    if ":" not in spec:
+        if request.base_url:
+            return _openai_compatible(request, spec, request.base_url, key)  # type: ignore[no-any-return]
+        raise ModelConfigError(
+            f"model {spec!r}: name a provider ('openai:{spec}'), an endpoint "
+            f"('{spec}@http://host:port/v1'), set base_url, or use 'local'"
+        )
+    from langchain.chat_models import init_chat_model
+
+    try:
+        return init_chat_model(
+            spec, temperature=request.temperature, max_tokens=request.max_tokens, max_retries=0
+        )
+    except ImportError as exc:
+        raise ModelConfigError(
+            f"model {spec!r}: the provider's LangChain package is not installed ({exc})"
+        ) from None
+    except Exception as exc:  # provider SDKs raise their own types for a missing key
+        raise ModelConfigError(f"model {spec!r}: {exc}") from None
+
+
+def model_name(model: BaseChatModel, spec: str) -> str:
+    """A readable model name for traces (never contains a key)."""
+    for attr in ("model_name", "model"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return spec
+
+
+def call_config(role: str, layer: int, index: int | None, final: bool = False) -> RunnableConfig:
+    """Tags and metadata that let stream consumers tell model calls apart."""
+    tags = [f"smoa:{role}", f"smoa:layer:{layer}"]
+    if final:
+        tags.append("smoa:final")
+    return {
+        "tags": tags,
+        "metadata": {"smoa_role": role, "smoa_layer": layer, "smoa_index": index, "smoa_final": final},
+        "run_name": f"smoa_{role}",
+    }
+
+
+def _record(
+    role: str,
+    layer: int,
+    index: int | None,
+    name: str,
+    message: BaseMessage | None,
+    started: float,
+    ttft: float | None,
+    error: BaseException | None = None,
+) -> CallRecord:
+    usage = getattr(message, "usage_metadata", None) or {}
+    return {
+        "role": role,
+        "layer": layer,
+        "index": index,
+        "model": name,
+        "input_tokens": int(usage.get("input_tokens", 0)),
+        "output_tokens": int(usage.get("output_tokens", 0)),
+        "latency_s": round(time.perf_counter() - started, 4),
+        "ttft_s": None if ttft is None else round(ttft, 4),
+        "ok": error is None,
+        "error": None if error is None else f"{type(error).__name__}: {error}"[:500],
+    }
+
+
+async def stream_text(
+    model: BaseChatModel,
+    messages: Sequence[BaseMessage],
+    *,
+    spec: str,
+    role: str,
+    layer: int,
+    index: int | None = None,
+    final: bool = False,
+) -> tuple[str, CallRecord]:
+    """Stream one completion; return its text and its accounting (tokens, latency, TTFT)."""
+    started = time.perf_counter()
+    ttft: float | None = None
+    message: AIMessageChunk | None = None
+    async for chunk in model.astream(list(messages), config=call_config(role, layer, index, final)):
+        if ttft is None and chunk.content:
+            ttft = time.perf_counter() - started
+        message = chunk if message is None else message + chunk
+    text = message.text if message is not None else ""
+    return text, _record(role, layer, index, model_name(model, spec), message, started, ttft)
+
+
+async def structured_call(
+    model: BaseChatModel,
+    messages: Sequence[BaseMessage],
+    schema: dict[str, Any],
+    *,
+    spec: str,
+    role: str,
+    layer: int,
+    use_schema: bool,
+) -> tuple[Any, str, CallRecord]:
+    """Ask for JSON; constrain it with ``schema`` where the model supports it.
+
+    Returns (parsed object or None, raw text, accounting). Never raises for bad output: the
+    caller validates and falls back deterministically.
+    """
+    started = time.perf_counter()
+    config = call_config(role, layer, None)
+    runnable: Any = None
+    if use_schema:
+        try:
+            runnable = model.with_structured_output(schema, method="json_schema", include_raw=True)
+        except (NotImplementedError, ValueError, TypeError):
+            runnable = None
+    if runnable is not None:
+        result = await runnable.ainvoke(list(messages), config=config)
+        raw: AIMessage = result["raw"]
+        parsed = result.get("parsed")
+    else:
+        raw = await model.ainvoke(list(messages), config=config)
+        parsed = None
+    record = _record(role, layer, None, model_name(model, spec), raw, started, None)
+    return parsed, raw.text, record

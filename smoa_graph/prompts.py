@@ -1,0 +1,51 @@
+"""Prompt templates: one file per role in ``prompts/``, loaded once, rendered with explicit names.
+
+Templates use ``string.Template`` placeholders (``$name``) so that JSON examples need no escaping.
+The files are found inside an installed wheel (``smoa_graph/prompts``) and in a source checkout.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from string import Template
+
+PROMPT_VARIABLES: dict[str, frozenset[str]] = {
+    "proposer": frozenset({"role"}),
+    "references": frozenset({"prompt", "critique", "responses"}),
+    "judge": frozenset({"n", "k", "nonce", "moderation", "prompt", "responses", "format"}),
+    "moderator": frozenset({"layer", "max_layers", "nonce", "prompt", "responses", "format"}),
+    "aggregator": frozenset({"prompt", "responses"}),
+    "roles": frozenset({"n", "task_description", "task_requirement"}),
+}
+
+_HERE = Path(__file__).resolve().parent
+_SEARCH_PATH = (_HERE / "prompts", _HERE.parent / "prompts")
+
+
+def prompts_dir() -> Path:
+    """The folder holding the prompt files (wheel first, then source checkout)."""
+    for folder in _SEARCH_PATH:
+        if (folder / "judge.md").is_file():
+            return folder
+    raise FileNotFoundError(f"prompt files not found in {' or '.join(map(str, _SEARCH_PATH))}")
+
+
+@cache
+def load_template(name: str) -> Template:
+    """Read ``prompts/<name>.md`` once."""
+    if name not in PROMPT_VARIABLES:
+        raise KeyError(f"unknown prompt {name!r}; known: {', '.join(PROMPT_VARIABLES)}")
+    return Template((prompts_dir() / f"{name}.md").read_text(encoding="utf-8").strip())
+
+
+def render(name: str, **variables: object) -> str:
+    """Render a prompt; every declared variable must be given, and nothing else."""
+    expected = PROMPT_VARIABLES.get(name)
+    if expected is None:
+        raise KeyError(f"unknown prompt {name!r}; known: {', '.join(PROMPT_VARIABLES)}")
+    if set(variables) != expected:
+        raise TypeError(
+            f"prompt {name!r} takes {sorted(expected)}, got {sorted(variables)}"
+        )
+    return load_template(name).substitute({k: str(v) for k, v in variables.items()})
