@@ -1,4 +1,4 @@
-"""One pydantic configuration for every preset: the Studio form, the CLI flags and the graph context.
+"""One pydantic configuration for every preset: Studio form, CLI flags and graph context.
 
 A preset is a set of defaults, not a second code path: ``single`` is one proposer in one layer,
 ``moa`` is dense (k = n, fixed layers, no early stop), ``smoa`` is sparse with a moderator.
@@ -153,9 +153,7 @@ class SMoAConfig(BaseModel):
         """Reject combinations that cannot run, naming the field and the fix."""
         n = self.n_proposers
         if self.k > n:
-            raise ValueError(
-                f"k: k={self.k} is larger than n_proposers={n}; set k <= n_proposers"
-            )
+            raise ValueError(f"k: k={self.k} is larger than n_proposers={n}; set k <= n_proposers")
         if self.preset == "moa" and self.k != n:
             raise ValueError(f"k: the moa preset is dense, so k must equal n_proposers ({n})")
         if self.preset == "moa" and self.moderator != "never":

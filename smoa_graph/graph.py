@@ -22,13 +22,15 @@ def _retry_policy(config: SMoAConfig) -> RetryPolicy:
     return RetryPolicy(max_attempts=config.max_attempts, initial_interval=0.5, backoff_factor=2.0)
 
 
-def build_layer_graph(nodes: SMoANodes) -> CompiledStateGraph:
+def build_layer_graph(
+    nodes: SMoANodes,
+) -> CompiledStateGraph[LayerState, SMoAConfig, LayerInput, LayerOutput]:
     """One layer: parallel proposers (Send) then the judge; narrow input/output schemas."""
     config = nodes.default_config
     layer = StateGraph(
         LayerState, context_schema=SMoAConfig, input_schema=LayerInput, output_schema=LayerOutput
     )
-    layer.add_node(
+    layer.add_node(  # type: ignore[call-overload]  # Send payload, not the layer state
         "propose",
         nodes.propose,
         retry_policy=_retry_policy(config),
@@ -44,7 +46,7 @@ def build_layer_graph(nodes: SMoANodes) -> CompiledStateGraph:
 
 def build_smoa_graph(
     config: SMoAConfig | None = None, *, model_factory: ModelFactory | None = None
-) -> StateGraph:
+) -> StateGraph[SMoAState, SMoAConfig, SMoAInput, SMoAState]:
     """The SMoA workflow, uncompiled.
 
     ``config`` is the default for runs that pass no ``context`` (its timeout and retry settings

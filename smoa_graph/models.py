@@ -49,9 +49,9 @@ def _openai_compatible(request: ModelRequest, model: str, base_url: str, api_key
     return ChatOpenAI(
         model=model,
         base_url=base_url,
-        api_key=api_key,  # type: ignore[arg-type]
+        api_key=api_key,
         temperature=request.temperature,
-        max_tokens=request.max_tokens,  # type: ignore[call-arg]
+        max_tokens=request.max_tokens,
         stream_usage=True,
         max_retries=0,  # retries belong to the graph's RetryPolicy
     )
@@ -65,7 +65,7 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
     if spec == "local" or spec.startswith("local:"):
         from smoa_graph.local_server import ensure_local_server
 
-        return _openai_compatible(request, LOCAL_MODEL_ALIAS, ensure_local_server(), "local")  # type: ignore[no-any-return]
+        return _openai_compatible(request, LOCAL_MODEL_ALIAS, ensure_local_server(), "local")
     if "@" in spec:
         model, _, base_url = spec.partition("@")
         if not model or not base_url.startswith(("http://", "https://")):
@@ -73,10 +73,10 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
                 f"model {spec!r}: expected 'MODEL@http://host:port/v1' for an OpenAI-compatible "
                 "endpoint"
             )
-        return _openai_compatible(request, model, base_url, key)  # type: ignore[no-any-return]
+        return _openai_compatible(request, model, base_url, key)
     if ":" not in spec:
         if request.base_url:
-            return _openai_compatible(request, spec, request.base_url, key)  # type: ignore[no-any-return]
+            return _openai_compatible(request, spec, request.base_url, key)
         raise ModelConfigError(
             f"model {spec!r}: name a provider ('openai:{spec}'), an endpoint "
             f"('{spec}@http://host:port/v1'), set base_url, or use 'local'"
@@ -111,7 +111,12 @@ def call_config(role: str, layer: int, index: int | None, final: bool = False) -
         tags.append("smoa:final")
     return {
         "tags": tags,
-        "metadata": {"smoa_role": role, "smoa_layer": layer, "smoa_index": index, "smoa_final": final},
+        "metadata": {
+            "smoa_role": role,
+            "smoa_layer": layer,
+            "smoa_index": index,
+            "smoa_final": final,
+        },
         "run_name": f"smoa_{role}",
     }
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,13 +19,14 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
-from langgraph.types import Overwrite, Send
+from langgraph.types import Command, Overwrite, Send
 
 from smoa_graph.config import SMoAConfig, resolve_config
 from smoa_graph.consistency import measure_agreement
 from smoa_graph.judging import (
     MODERATOR_FORMAT,
     MODERATOR_SCHEMA,
+    Verdict,
     format_candidates,
     judge_format,
     judge_schema,
@@ -41,6 +43,7 @@ from smoa_graph.prompts import render
 from smoa_graph.state import (
     CallRecord,
     Candidate,
+    JudgeRecord,
     LayerState,
     ModeratorDecision,
     ProposerTask,
@@ -70,7 +73,7 @@ def roles_cache_path(cfg: SMoAConfig) -> Path:
     return Path(folder) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def _history_text(messages: list[BaseMessage]) -> str:
+def _history_text(messages: Sequence[BaseMessage]) -> str:
     names = {"human": "User", "ai": "Assistant", "system": "System"}
     return "\n".join(f"{names.get(m.type, m.type)}: {m.text}" for m in messages)
 
@@ -92,7 +95,9 @@ class SMoANodes:
         """This run's config: the runtime context, else the builder's default."""
         return resolve_config(runtime.context, self.default_config)
 
-    def model(self, cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int) -> BaseChatModel:
+    def model(
+        self, cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int
+    ) -> BaseChatModel:
         """The chat model for one role, from the factory."""
         return self.model_factory(
             ModelRequest(spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env)
@@ -202,13 +207,18 @@ class SMoANodes:
             task_requirement=cfg.task_requirement or "answer correctly and helpfully",
         )
         parsed, raw, record = await structured_call(
-            model, [HumanMessage(text)], schema, spec=spec, role="roles", layer=0,
+            model,
+            [HumanMessage(text)],
+            schema,
+            spec=spec,
+            role="roles",
+            layer=0,
             use_schema=cfg.structured_output,
         )
         data = parse_json_object(parsed, raw) or {}
         generated = [str(r).strip() for r in data.get("roles", []) if str(r).strip()][:n]
         static = cfg.role_prompts_static()
-        return generated + static[len(generated):], record
+        return generated + static[len(generated) :], record
 
     # -- layer subgraph ------------------------------------------------------------------------
 
@@ -250,28 +260,45 @@ class SMoANodes:
         messages = [SystemMessage(render("proposer", role=task["role"])), HumanMessage(request)]
         final = cfg.n_proposers == 1 and cfg.max_layers == 1
         text, record = await stream_text(
-            model, messages, spec=spec, role="proposer", layer=task["layer"],
-            index=task["index"], final=final,
+            model,
+            messages,
+            spec=spec,
+            role="proposer",
+            layer=task["layer"],
+            index=task["index"],
+            final=final,
         )
         if not text.strip():
             raise ValueError("empty response")
         candidate = Candidate(
-            index=task["index"], role=task["role"], model=record["model"], text=text,
-            ok=True, error=None,
+            index=task["index"],
+            role=task["role"],
+            model=record["model"],
+            text=text,
+            ok=True,
+            error=None,
         )
         return {"candidates": [candidate], "calls": [record]}
 
-    def proposer_failed(self, task: ProposerTask, error: NodeError) -> dict[str, Any]:
-        """Error handler: record the failed proposer so the layer goes on with the others."""
+    def proposer_failed(self, task: ProposerTask, error: NodeError) -> Command[Literal["judge"]]:
+        """Error handler: record the failed proposer; the layer goes on to the judge."""
         message = f"{type(error.error).__name__}: {error.error}"[:500]
         candidate = Candidate(
             index=task["index"], role=task["role"], model="", text="", ok=False, error=message
         )
         record = CallRecord(
-            role="proposer", layer=task["layer"], index=task["index"], model="",
-            input_tokens=0, output_tokens=0, latency_s=0.0, ttft_s=None, ok=False, error=message,
+            role="proposer",
+            layer=task["layer"],
+            index=task["index"],
+            model="",
+            input_tokens=0,
+            output_tokens=0,
+            latency_s=0.0,
+            ttft_s=None,
+            ok=False,
+            error=message,
         )
-        return {"candidates": [candidate], "calls": [record]}
+        return Command(update={"candidates": [candidate], "calls": [record]}, goto="judge")
 
     async def judge(self, state: LayerState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
         """Keep the best k of this layer's successful responses (all of them when <= k)."""
@@ -281,43 +308,58 @@ class SMoANodes:
         ok = [c for c in candidates if c["ok"]]
         if not ok:
             errors = "; ".join(f"proposer {c['index']}: {c['error']}" for c in candidates)
-            raise AllProposersFailedError(f"all {len(candidates)} proposers of layer {layer} failed: {errors}")
+            raise AllProposersFailedError(
+                f"all {len(candidates)} proposers of layer {layer} failed: {errors}"
+            )
         k = min(cfg.k, len(ok))
         with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
         calls: list[CallRecord] = []
         if len(ok) <= k:
-            verdict_fields = {"selected": list(range(len(ok))), "reasoning": "", "critique": "",
-                              "called": False, "fallback": None, "stop_vote": None}
+            verdict = Verdict(list(range(len(ok))), "", "", None, None)
         else:
             texts = [c["text"] for c in ok]
             responses, nonce = format_candidates(texts)
             moderation = (
                 "\nAlso say whether the selected responses are good and consistent enough to stop "
                 f"the rounds (this is round {layer} of at most {cfg.max_layers}).\n"
-                if with_stop else ""
+                if with_stop
+                else ""
             )
             text = render(
-                "judge", n=len(ok), k=k, nonce=nonce, moderation=moderation,
+                "judge",
+                n=len(ok),
+                k=k,
+                nonce=nonce,
+                moderation=moderation,
                 prompt=_request_text(state["question"], state.get("history", "")),
-                responses=responses, format=judge_format(k, with_stop),
+                responses=responses,
+                format=judge_format(k, with_stop),
             )
             spec = cfg.judge_model or cfg.model
             parsed, raw, record = await structured_call(
-                self._control_model(cfg, spec), [HumanMessage(text)],
-                judge_schema(len(ok), k, with_stop), spec=spec, role="judge", layer=layer,
+                self._control_model(cfg, spec),
+                [HumanMessage(text)],
+                judge_schema(len(ok), k, with_stop),
+                spec=spec,
+                role="judge",
+                layer=layer,
                 use_schema=cfg.structured_output,
             )
             calls.append(record)
             verdict = validate_verdict(parse_json_object(parsed, raw), texts, k)
-            verdict_fields = {"selected": verdict.selected, "reasoning": verdict.reasoning,
-                              "critique": verdict.critique, "called": True,
-                              "fallback": verdict.fallback, "stop_vote": verdict.stop_vote}
-        selected = [ok[i] for i in verdict_fields["selected"]]
-        judge_record = {**verdict_fields, "selected": [c["index"] for c in selected]}
+        selected = [ok[i] for i in verdict.selected]
+        judge_record = JudgeRecord(
+            selected=[c["index"] for c in selected],
+            reasoning=verdict.reasoning,
+            critique=verdict.critique,
+            called=bool(calls),
+            fallback=verdict.fallback,
+            stop_vote=verdict.stop_vote,
+        )
         return {
             "layer": layer,
             "selected": selected,
-            "critique": verdict_fields["critique"],
+            "critique": verdict.critique,
             "layers": [{"layer": layer, "candidates": candidates, "judge": judge_record}],
             "calls": calls,
         }
@@ -331,30 +373,37 @@ class SMoANodes:
         calls = list(state.get("calls", []))
         tokens = sum(c["input_tokens"] + c["output_tokens"] for c in calls)
         texts = [c["text"] for c in state.get("selected", [])]
-        decision = ModeratorDecision(
-            layer=layer, stop=True, reason="", consistency=None, agreed_answer=None,
-            model_vote=None, tokens_so_far=tokens,
-        )
+        stop, vote, consistency, answer = True, None, None, None
         new_calls: list[CallRecord] = []
         if layer >= cfg.max_layers:
-            decision["reason"] = f"reached max_layers={cfg.max_layers}"
+            reason = f"reached max_layers={cfg.max_layers}"
         elif cfg.token_budget is not None and tokens >= cfg.token_budget:
-            decision["reason"] = f"token budget spent ({tokens} >= {cfg.token_budget})"
+            reason = f"token budget spent ({tokens} >= {cfg.token_budget})"
         elif cfg.moderator == "never":
-            decision.update(stop=False, reason="preset runs every layer")
+            stop, reason = False, "preset runs every layer"
         else:
-            agreement = measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
+            agreement = (
+                measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
+            )
             if agreement is not None:
-                decision.update(consistency=round(agreement.score, 4), agreed_answer=agreement.answer)
+                consistency, answer = round(agreement.score, 4), agreement.answer
             if agreement is not None and agreement.agree and cfg.moderator != "model":
-                decision["reason"] = f"selected responses agree ({agreement.method})"
+                reason = f"selected responses agree ({agreement.method})"
             elif cfg.moderator == "consistency":
-                decision.update(stop=False, reason="selected responses do not agree")
+                stop, reason = False, "selected responses do not agree"
             else:
                 vote, reason, record = await self._model_vote(cfg, state, layer)
-                if record is not None:
-                    new_calls.append(record)
-                decision.update(stop=vote, model_vote=vote, reason=reason)
+                stop = vote
+                new_calls += [record] if record is not None else []
+        decision = ModeratorDecision(
+            layer=layer,
+            stop=stop,
+            reason=reason,
+            consistency=consistency,
+            agreed_answer=answer,
+            model_vote=vote,
+            tokens_so_far=tokens,
+        )
         return {"decisions": [decision], "calls": new_calls}
 
     async def _model_vote(
@@ -367,14 +416,23 @@ class SMoANodes:
             return vote, f"judge voted {'stop' if vote else 'continue'} (merged call)", None
         responses, nonce = format_candidates([c["text"] for c in state.get("selected", [])])
         text = render(
-            "moderator", layer=layer, max_layers=cfg.max_layers, nonce=nonce,
+            "moderator",
+            layer=layer,
+            max_layers=cfg.max_layers,
+            nonce=nonce,
             prompt=_request_text(state["question"], state.get("history", "")),
-            responses=responses, format=MODERATOR_FORMAT,
+            responses=responses,
+            format=MODERATOR_FORMAT,
         )
         spec = cfg.moderator_model or cfg.model
         parsed, raw, record = await structured_call(
-            self._control_model(cfg, spec), [HumanMessage(text)], MODERATOR_SCHEMA,
-            spec=spec, role="moderator", layer=layer, use_schema=cfg.structured_output,
+            self._control_model(cfg, spec),
+            [HumanMessage(text)],
+            MODERATOR_SCHEMA,
+            spec=spec,
+            role="moderator",
+            layer=layer,
+            use_schema=cfg.structured_output,
         )
         data = parse_json_object(parsed, raw)
         if data is None or not isinstance(data.get("stop"), bool):
@@ -399,8 +457,12 @@ class SMoANodes:
             )
             spec = cfg.aggregator_model or cfg.model
             answer, record = await stream_text(
-                self._aggregator_model(cfg), [HumanMessage(text)], spec=spec,
-                role="aggregator", layer=layer, final=True,
+                self._aggregator_model(cfg),
+                [HumanMessage(text)],
+                spec=spec,
+                role="aggregator",
+                layer=layer,
+                final=True,
             )
             calls.append(record)
         all_calls = [*state.get("calls", []), *calls]
@@ -422,4 +484,3 @@ class SMoANodes:
 def route_after_moderator(state: SMoAState) -> Literal["layer", "aggregator"]:
     """Pure routing: the moderator's last decision picks the next node."""
     return "aggregator" if state["decisions"][-1]["stop"] else "layer"
-

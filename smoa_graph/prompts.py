@@ -45,7 +45,5 @@ def render(name: str, **variables: object) -> str:
     if expected is None:
         raise KeyError(f"unknown prompt {name!r}; known: {', '.join(PROMPT_VARIABLES)}")
     if set(variables) != expected:
-        raise TypeError(
-            f"prompt {name!r} takes {sorted(expected)}, got {sorted(variables)}"
-        )
+        raise TypeError(f"prompt {name!r} takes {sorted(expected)}, got {sorted(variables)}")
     return load_template(name).substitute({k: str(v) for k, v in variables.items()})

@@ -9,8 +9,14 @@ from smoa_graph.state import CallRecord
 
 
 def _bucket() -> dict[str, Any]:
-    return {"calls": 0, "failed_calls": 0, "input_tokens": 0, "output_tokens": 0,
-            "total_tokens": 0, "latency_s": 0.0}
+    return {
+        "calls": 0,
+        "failed_calls": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "latency_s": 0.0,
+    }
 
 
 def _add(bucket: dict[str, Any], call: CallRecord) -> None:

