@@ -7,6 +7,8 @@ cache; ``graph`` is compiled without a checkpointer for ``langgraph.json`` (Stud
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
@@ -68,3 +70,29 @@ def build_smoa_graph(
 
 
 graph = build_smoa_graph().compile(name="smoa")
+
+
+def draw_mermaid(compiled: CompiledStateGraph[Any, Any, Any, Any] = graph) -> str:
+    """Mermaid diagram with the layer subgraph expanded.
+
+    LangGraph's ``xray`` skips a subgraph whose error-handler node has no drawn edge, so the
+    handler's edges (failed proposer -> handler -> judge) are added before the layer is spliced in.
+    """
+    top = compiled.get_graph()
+    layer = dict(compiled.get_subgraphs())["layer"].get_graph()
+    handler = layer.nodes["__error_handler__propose"]
+    layer.add_edge(layer.nodes["propose"], handler, "error", conditional=True)
+    layer.add_edge(handler, layer.nodes["judge"], conditional=True)
+    layer.trim_first_node()
+    layer.trim_last_node()
+    top.nodes.pop("layer")
+    first, last = top.extend(layer, prefix="layer")
+    assert first is not None and last is not None
+    top.edges = [
+        edge.copy(
+            source=last.id if edge.source == "layer" else edge.source,
+            target=first.id if edge.target == "layer" else edge.target,
+        )
+        for edge in top.edges
+    ]
+    return top.draw_mermaid()

