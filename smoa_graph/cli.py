@@ -72,8 +72,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def config_from_args(args: argparse.Namespace) -> SMoAConfig:
-    """The config from ``--config FILE`` overlaid with every flag the user set."""
+def config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields from ``--config FILE`` overlaid with every flag the user set."""
     values: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
@@ -88,8 +88,13 @@ def config_from_args(args: argparse.Namespace) -> SMoAConfig:
     values.update(
         {n: getattr(args, n) for n in SMoAConfig.model_fields if getattr(args, n) is not None}
     )
+    return values
+
+
+def validated(build: Any, *args: Any) -> Any:
+    """Call a config-building function; turn pydantic errors into one CLI line."""
     try:
-        return SMoAConfig.model_validate(values)
+        return build(*args)
     except ValidationError as exc:
         problems = "; ".join(
             ".".join(map(str, e["loc"]))
@@ -207,7 +212,7 @@ def format_summary(state: dict[str, Any], wall_s: float) -> str:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     """``smoa ask``: answer one question."""
-    config = config_from_args(args)
+    config = validated(SMoAConfig.model_validate, config_values(args))
     question = read_question(args.question)
     state, wall_s = asyncio.run(
         run_question(question, config, stream=args.stream and not args.json, quiet=args.quiet)
@@ -219,6 +224,39 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(state["answer"])
     print(format_summary(state, wall_s), file=sys.stderr if args.quiet else sys.stdout)
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``smoa bench``: presets side by side on a dataset; results, table and plot in --out."""
+    from smoa_graph.bench.datasets import DatasetError, load_dataset
+    from smoa_graph.bench.report import write_report
+    from smoa_graph.bench.runner import parse_variant, run_bench
+
+    base = config_values(args)
+    base.pop("preset", None)
+    variants = [validated(parse_variant, text, base) for text in args.variants]
+    try:
+        items = load_dataset(args.dataset, args.limit)
+    except (DatasetError, ValueError) as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
+    if not items:
+        raise CLIError(f"dataset {args.dataset!r} has no items", EXIT_USAGE)
+    out = Path(args.out)
+    rubric = args.rubric_model or variants[0].config.model
+    rows = asyncio.run(
+        run_bench(variants, items, out, concurrency=args.concurrency, rubric_model=rubric)
+    )
+    names = [v.name for v in variants]
+    title = f"{args.dataset}: {len(items)} items, model {variants[0].config.model}"
+    write_report(rows, names, out, title)
+    print((out / "summary.md").read_text(encoding="utf-8"))
+    failed = len(items) * len(names) - len(rows)
+    print(
+        f"results: {out / 'results.jsonl'}; table: {out / 'summary.md'}; plot: {out / 'plot.png'}"
+    )
+    if failed:
+        print(f"{failed} run(s) failed; rerun the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # -- local server ------------------------------------------------------------------------------
@@ -275,6 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--config", help="JSON file of config fields (flags override it)")
     add_config_flags(ask)
     ask.set_defaults(func=cmd_ask)
+
+    bench = sub.add_parser("bench", help="compare presets on a dataset (resumable)")
+    bench.add_argument(
+        "--dataset", default="gsm8k", help="gsm8k, mmlu, mtbench, bbq, donotanswer or a JSONL path"
+    )
+    bench.add_argument("--limit", type=int, default=20, help="first N items of the dataset")
+    bench.add_argument(
+        "--variants",
+        nargs="+",
+        default=["single", "moa", "smoa"],
+        help="presets, or NAME:field=value,... (e.g. smoa-k1:preset=smoa,k=1)",
+    )
+    bench.add_argument("--out", default="bench_results/run", help="output folder (resumes)")
+    bench.add_argument("--concurrency", type=int, default=1, help="runs in flight at once")
+    bench.add_argument("--rubric-model", help="judge model for open-ended items; default: model")
+    bench.add_argument("--config", help="JSON file of shared config fields (flags override it)")
+    add_config_flags(bench)
+    bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve-local", help="start the embedded model server in the background")
     serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")

@@ -1,0 +1,184 @@
+"""Run presets side by side on the same items, resumably, and record per-item results.
+
+Each finished (variant, item) pair is appended to ``results.jsonl`` at once, so an interrupted run
+loses nothing; a rerun skips the pairs already done (failed pairs are retried). Items are
+interleaved across variants so that a shared, noisy machine slows all of them alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from tqdm.asyncio import tqdm
+
+from smoa_graph.bench.datasets import BenchItem
+from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
+from smoa_graph.config import SMoAConfig
+from smoa_graph.graph import build_smoa_graph
+from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named configuration to benchmark (a preset, or a preset with overrides)."""
+
+    name: str
+    config: SMoAConfig
+
+
+# Fields a preset fixes: shared settings (e.g. -n 6) do not reach these presets.
+_PRESET_FIXED = {
+    "single": {"n_proposers", "k", "max_layers", "moderator"},
+    "moa": {"k", "moderator"},
+}
+
+
+def parse_variant(text: str, base: dict[str, Any]) -> Variant:
+    """A preset name (``single``, ``moa``, ``smoa``) or ``NAME:field=value,...``.
+
+    ``base`` holds settings shared by every variant (models, max_tokens, n, ...); a preset name
+    keeps those it does not fix, and ``moa`` follows n with k = n.
+    """
+    name, _, overrides = text.partition(":")
+    fields: dict[str, Any] = dict(base)
+    if overrides:
+        for pair in overrides.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ValueError(f"variant {text!r}: expected field=value, got {pair!r}")
+            fields[key.strip()] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
+    else:
+        fields = {k: v for k, v in base.items() if k not in _PRESET_FIXED.get(name, set())}
+        fields["preset"] = name
+        if name == "moa" and "n_proposers" in fields:
+            fields["k"] = fields["n_proposers"]
+    return Variant(name, SMoAConfig.model_validate(fields))
+
+
+def load_done(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Successful results already written, keyed by (variant, item id)."""
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill mid-write: redo that pair
+                continue
+            if row.get("error") is None:
+                done[(row["variant"], row["item_id"])] = row
+    return done
+
+
+async def run_one(
+    variant: Variant,
+    item: BenchItem,
+    factory: ModelFactory,
+    judge: BaseChatModel | None,
+) -> dict[str, Any]:
+    """Run one item with one variant; never raises (errors are recorded in the row)."""
+    row: dict[str, Any] = {"variant": variant.name, "item_id": item.id, "dataset": item.dataset}
+    graph = build_smoa_graph(variant.config, model_factory=factory).compile()
+    started = time.perf_counter()
+    state: dict[str, Any] = {}
+    ttft: float | None = None
+    chunk: Any
+    try:
+        async for namespace, mode, chunk in graph.astream(
+            {"prompt": item.prompt}, stream_mode=["messages", "values"], subgraphs=True
+        ):
+            if mode == "values" and not namespace:
+                state = chunk
+            elif mode == "messages" and ttft is None and chunk[0].text:
+                if "smoa:final" in chunk[1].get("tags", []):
+                    ttft = time.perf_counter() - started
+    except Exception as exc:
+        return {**row, "error": f"{type(exc).__name__}: {exc}"[:500], "wall_s": None}
+    wall = time.perf_counter() - started
+    summary = state["summary"]
+    row.update(
+        answer=state["answer"],
+        wall_s=round(wall, 3),
+        ttft_s=None if ttft is None else round(ttft, 3),
+        layers=summary["layers_run"],
+        stop_reason=summary["stop_reason"],
+        calls=summary["total"]["calls"],
+        failed_calls=summary["total"]["failed_calls"],
+        tokens=summary["total"]["total_tokens"],
+        tokens_by_role={r: b["total_tokens"] for r, b in summary["by_role"].items()},
+        error=None,
+    )
+    if item.kind != "open":
+        row["score"] = score(item, state["answer"])
+        row["quality"] = float(row["score"]["correct"])
+    elif judge is not None:
+        try:
+            rubric = await score_rubric(
+                judge, item.prompt, state["answer"], reference=item.reference
+            )
+            row["score"] = rubric.model_dump()
+            row["quality"] = rubric.overall
+        except RubricParseError as exc:
+            row["score"] = {"error": str(exc), **exc.usage}
+            row["quality"] = None
+    return row
+
+
+async def run_bench(
+    variants: Sequence[Variant],
+    items: Sequence[BenchItem],
+    out_dir: Path,
+    *,
+    concurrency: int = 1,
+    model_factory: ModelFactory | None = None,
+    rubric_model: str | None = None,
+    progress: bool = True,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (variant, item) pair not done yet; return all successful rows (old and new)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique, got {names}")
+    factory = model_factory or default_model_factory
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / RESULTS_FILE
+    done = load_done(results_path)
+    todo = [(v, i) for i in items for v in variants if (v.name, i.id) not in done]
+    judge = None
+    if rubric_model and any(i.kind == "open" for i in items):
+        base = variants[0].config
+        judge = factory(ModelRequest(rubric_model, 0.0, 400, base.base_url, base.api_key_env))
+    semaphore = asyncio.Semaphore(concurrency)
+    lock = asyncio.Lock()
+
+    async def task(variant: Variant, item: BenchItem) -> None:
+        async with semaphore:
+            row = await run_one(variant, item, factory, judge)
+        async with lock:
+            with results_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if row["error"] is None:
+                done[(variant.name, item.id)] = row
+            if on_row is not None:
+                on_row(row)
+
+    await tqdm.gather(
+        *(task(v, i) for v, i in todo),
+        desc="smoa bench",
+        unit="run",
+        disable=not progress,
+    )
+    wanted = {(v.name, i.id) for v in variants for i in items}
+    return [row for key, row in done.items() if key in wanted]
