@@ -1,7 +1,7 @@
 """Sparse Mixture-of-Agents (SMoA) as a LangGraph workflow."""
 
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import build_smoa_graph, graph
+from smoa_graph.graph import build_smoa_graph
 from smoa_graph.models import ModelConfigError, ModelFactory, ModelRequest, default_model_factory
 from smoa_graph.nodes import AllProposersFailedError, InvalidInputError
 from smoa_graph.summary import usage_summary
@@ -15,6 +15,5 @@ __all__ = [
     "SMoAConfig",
     "build_smoa_graph",
     "default_model_factory",
-    "graph",
     "usage_summary",
 ]

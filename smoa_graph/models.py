@@ -19,6 +19,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.runnables import RunnableConfig
 
 from smoa_graph.state import CallRecord
@@ -164,11 +165,12 @@ async def stream_text(
     """Stream one completion; return its text and its accounting (tokens, latency, TTFT)."""
     started = time.perf_counter()
     ttft: float | None = None
-    message: AIMessageChunk | None = None
+    chunks: list[AIMessageChunk] = []
     async for chunk in model.astream(list(messages), config=call_config(role, layer, index, final)):
         if ttft is None and chunk.content:
             ttft = time.perf_counter() - started
-        message = chunk if message is None else message + chunk
+        chunks.append(chunk)
+    message = add_ai_message_chunks(chunks[0], *chunks[1:]) if chunks else None
     text = message.text if message is not None else ""
     return text, _record(role, layer, index, model_name(model, spec), message, started, ttft)
 

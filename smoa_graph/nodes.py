@@ -222,7 +222,7 @@ class SMoANodes:
 
     # -- layer subgraph ------------------------------------------------------------------------
 
-    def fan_out(self, state: LayerState, runtime: Runtime[SMoAConfig]) -> list[Send]:
+    async def fan_out(self, state: LayerState, runtime: Runtime[SMoAConfig]) -> list[Send]:
         """One ``Send`` per proposer; all run in the same superstep, concurrently."""
         cfg = self.config(runtime)
         layer = state["layer"] + 1
@@ -481,6 +481,6 @@ class SMoANodes:
         }
 
 
-def route_after_moderator(state: SMoAState) -> Literal["layer", "aggregator"]:
-    """Pure routing: the moderator's last decision picks the next node."""
+async def route_after_moderator(state: SMoAState) -> Literal["layer", "aggregator"]:
+    """Pure routing: the moderator's last decision picks the next node (async: no thread hop)."""
     return "aggregator" if state["decisions"][-1]["stop"] else "layer"

@@ -79,7 +79,8 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
     lines = [
         f"## {title}",
         "",
-        "| variant | items | quality | tokens/query | calls/query | wall s/query | TTFT s | layers |",
+        "| variant | items | quality | tokens/query | calls/query | wall s/query | TTFT s "
+        "| layers |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary["variants"].items():

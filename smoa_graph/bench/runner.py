@@ -80,6 +80,12 @@ def load_done(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return done
 
 
+def _is_final_token(chunk: tuple[Any, dict[str, Any]]) -> bool:
+    """A non-empty token of the model call that writes the final answer."""
+    message, metadata = chunk
+    return bool(message.text) and "smoa:final" in metadata.get("tags", [])
+
+
 async def run_one(
     variant: Variant,
     item: BenchItem,
@@ -99,9 +105,8 @@ async def run_one(
         ):
             if mode == "values" and not namespace:
                 state = chunk
-            elif mode == "messages" and ttft is None and chunk[0].text:
-                if "smoa:final" in chunk[1].get("tags", []):
-                    ttft = time.perf_counter() - started
+            elif mode == "messages" and ttft is None and _is_final_token(chunk):
+                ttft = time.perf_counter() - started
     except Exception as exc:
         return {**row, "error": f"{type(exc).__name__}: {exc}"[:500], "wall_s": None}
     wall = time.perf_counter() - started

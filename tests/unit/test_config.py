@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from smoa_graph import SMoAConfig, build_smoa_graph, graph
+from smoa_graph import SMoAConfig, build_smoa_graph
 from smoa_graph.config import DEFAULT_ROLES
+from smoa_graph.graph import graph
 
 
 @pytest.mark.parametrize(

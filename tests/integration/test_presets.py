@@ -1,0 +1,111 @@
+"""Every preset end to end on the embedded local model (SmolLM2-135M on llama-server).
+
+These check plumbing and accounting, not answer quality: a 135M model answers poorly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from smoa_graph import SMoAConfig, build_smoa_graph
+
+SMALL = {"model": "local", "max_tokens": 48, "aggregator_max_tokens": 48}
+QUESTION = "What is 12 + 30? Answer with the number."
+
+
+@pytest.fixture(autouse=True)
+def _use_session_server(local_base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'local' models resolve to the test session's server."""
+    monkeypatch.setenv("SMOA_LOCAL_BASE_URL", local_base_url)
+
+
+def check_calls(state: dict) -> None:
+    """Every successful call has real usage; the summary adds them up."""
+    for call in state["calls"]:
+        assert call["ok"], call
+        assert call["input_tokens"] > 0 and call["output_tokens"] > 0, call
+        assert call["model"] == "smollm2"
+    total = state["summary"]["total"]
+    assert total["calls"] == len(state["calls"])
+    assert total["total_tokens"] == sum(
+        c["input_tokens"] + c["output_tokens"] for c in state["calls"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "layers", "calls"),
+    [
+        ({"preset": "single"}, 1, 1),
+        ({"preset": "moa", "n_proposers": 3, "k": 3, "max_layers": 2}, 2, 3 + 3 + 1),
+    ],
+)
+async def test_fixed_presets(fields: dict, layers: int, calls: int) -> None:
+    graph = build_smoa_graph(SMoAConfig(**SMALL, **fields)).compile()
+    state = await graph.ainvoke({"prompt": QUESTION})
+    assert state["answer"].strip()
+    assert len(state["layers"]) == layers and len(state["calls"]) == calls
+    check_calls(state)
+
+
+async def test_smoa_judge_and_moderator_parse_under_constrained_output() -> None:
+    config = SMoAConfig(**SMALL, n_proposers=4, k=2, max_layers=2, moderator="model")
+    graph = build_smoa_graph(config).compile()
+    started = time.perf_counter()
+    state = await graph.ainvoke({"prompt": QUESTION})
+    wall = time.perf_counter() - started
+    assert state["answer"].strip()
+    check_calls(state)
+    for layer in state["layers"]:
+        judge = layer["judge"]
+        assert judge["called"] and judge["fallback"] is None, judge  # schema-bound: parses
+        assert len(judge["selected"]) == 2 and len(set(judge["selected"])) == 2
+        assert all(0 <= i < 4 and layer["candidates"][i]["ok"] for i in judge["selected"])
+    moderator_calls = [c for c in state["calls"] if c["role"] == "moderator"]
+    decisions = state["decisions"]
+    assert len(moderator_calls) == sum(d["model_vote"] is not None for d in decisions)
+    assert all("fallback" not in d["reason"] for d in decisions)  # every verdict parsed
+    # proposers of a layer overlap on the server's slots: the run takes less than its calls
+    assert wall < sum(c["latency_s"] for c in state["calls"])
+
+
+async def test_final_answer_streams_from_the_local_model() -> None:
+    graph = build_smoa_graph(SMoAConfig(**SMALL, n_proposers=2, k=1, max_layers=1)).compile()
+    tokens = [
+        chunk.text
+        async for chunk, meta in graph.astream({"prompt": QUESTION}, stream_mode="messages")
+        if "smoa:final" in meta.get("tags", [])
+    ]
+    assert len([t for t in tokens if t]) > 1
+
+
+def test_cli_ask_json_on_the_local_model(local_base_url: str) -> None:
+    env = {**os.environ, "SMOA_LOCAL_BASE_URL": local_base_url, "LANGSMITH_TRACING": "false"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smoa_graph.cli",
+            "ask",
+            QUESTION,
+            "--json",
+            "--max-layers",
+            "1",
+            "--max-tokens",
+            "48",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["answer"].strip() and data["summary"]["total"]["calls"] >= 6
+    assert "layer 1: proposer" in result.stderr  # progress lines
