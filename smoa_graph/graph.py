@@ -70,6 +70,8 @@ def build_smoa_graph(
 
 
 graph = build_smoa_graph().compile(name="smoa")
+demo_graph = build_smoa_graph(SMoAConfig(model="fake")).compile(name="smoa_demo")
+"""The same graph on the canned ``fake`` model: runs anywhere, for Studio and docs."""
 
 
 def draw_mermaid(compiled: CompiledStateGraph[Any, Any, Any, Any] = graph) -> str:
