@@ -1,7 +1,7 @@
 """Agreement between responses, measured without a model call.
 
-Rule: when every response has an extractable final answer ("Final answer: ..." line, else the last
-number), they agree iff those answers are equal. Otherwise they agree when the mean pairwise
+Rule: when every response has an extractable final answer (``answers.extract_final_answer``),
+they agree iff those answers are equal. Otherwise they agree when the mean pairwise
 Jaccard similarity of their word sets reaches the threshold.
 """
 
@@ -12,28 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 
-_FINAL_LINE = re.compile(r"final answer\s*[:\uff1a]\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+from smoa_graph.answers import extract_final_answer
+
 _WORD = re.compile(r"\w+")
-
-
-def normalize_number(token: str) -> str:
-    """'1,234.50' -> '1234.5'; '18.0' -> '18'."""
-    value = token.replace(",", "").rstrip(".")
-    if "." in value:
-        value = value.rstrip("0").rstrip(".")
-    return value or "0"
-
-
-def extract_final_answer(text: str) -> str | None:
-    """The response's final answer: the last 'Final answer:' line, else the last number."""
-    lines = _FINAL_LINE.findall(text)
-    if lines:
-        answer = lines[-1].strip().strip("*$. ").lower()
-        numbers = _NUMBER.findall(answer)
-        return normalize_number(numbers[-1]) if len(numbers) == 1 else answer or None
-    numbers = _NUMBER.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
 
 
 def lexical_similarity(texts: list[str]) -> float:

@@ -12,17 +12,14 @@ most common final answer, then by proposer order.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from smoa_graph.consistency import extract_final_answer
+from smoa_graph.answers import extract_final_answer, json_objects
 
 REASONING_MAX_CHARS = 300
 CRITIQUE_MAX_CHARS = 300
-_JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
 def _defuse(text: str) -> str:
@@ -92,14 +89,7 @@ def parse_json_object(parsed: Any, text: str) -> dict[str, Any] | None:
     """The verdict as a dict: the structured result, else the first JSON object in the text."""
     if isinstance(parsed, dict):
         return parsed
-    for candidate in (text.strip(), *(_JSON_OBJECT.findall(text) or [])):
-        try:
-            value = json.loads(candidate)
-        except (json.JSONDecodeError, TypeError):
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    return next(json_objects(text), None)
 
 
 @dataclass(frozen=True)

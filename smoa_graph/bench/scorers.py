@@ -7,7 +7,6 @@ models (step-by-step reasoning, markdown, echoed options).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
@@ -17,60 +16,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
+from smoa_graph.answers import extract_number, json_objects, normalize_number
 from smoa_graph.bench.datasets import BenchItem
-
-# --------------------------------------------------------------------------- numbers
-
-_NUMBER_RE = re.compile(
-    r"(?<![\w.,])(?P<sign>[-\u2212])?\$?(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-)
-_ANSWER_MARKER_RE = re.compile(
-    r"\b(?:final\s+answer|answer)\b\**\s*(?:is|was|will\s+be|would\s+be|=|:)", re.IGNORECASE
-)
-_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
-def normalize_number(text: str) -> str | None:
-    """Canonical form of one number: no ``$`` or thousands commas, no trailing ``.0``.
-
-    ``"1,234.50"`` -> ``"1234.5"``, ``"18.0"`` -> ``"18"``, ``"-$5"`` -> ``"-5"``; ``None`` when
-    ``text`` holds no number.
-    """
-    match = _NUMBER_RE.search(text.strip())
-    if match is None:
-        return None
-    value = Decimal(match["num"].replace(",", ""))
-    if match["sign"]:
-        value = -value
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def extract_number(text: str) -> str | None:
-    """The final numeric answer in a model output, normalised (see :func:`normalize_number`).
-
-    Rules, first match wins: the first number after the last ``####``; the first number inside
-    the last ``\\boxed{...}``; the first number on the same line after the last "answer is" /
-    "answer:" / "final answer =" marker; otherwise the last number in the text. Number words
-    ("eighteen") and fractions ("3/4") are not interpreted.
-    """
-    if "####" in text:
-        found = normalize_number(text.rsplit("####", 1)[1])
-        if found is not None:
-            return found
-    boxed = _BOXED_RE.findall(text)
-    if boxed:
-        found = normalize_number(boxed[-1])
-        if found is not None:
-            return found
-    markers = list(_ANSWER_MARKER_RE.finditer(text))
-    if markers:
-        found = normalize_number(text[markers[-1].end() :].split("\n", 1)[0])
-        if found is not None:
-            return found
-    numbers = list(_NUMBER_RE.finditer(text))
-    return normalize_number(numbers[-1].group()) if numbers else None
 
 
 def score_numeric(answer: str, reference: str) -> bool:
@@ -455,16 +402,10 @@ def parse_rubric_text(text: str) -> RubricJudgement:
 
 
 def _first_json_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    for start in (m.start() for m in re.finditer(r"\{", text)):
-        try:
-            obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            lowered = {str(k).strip().lower(): v for k, v in obj.items()}
-            if any(a in lowered for a in ASPECTS):
-                return lowered
+    for obj in json_objects(text):
+        lowered = {str(k).strip().lower(): v for k, v in obj.items()}
+        if any(a in lowered for a in ASPECTS):
+            return lowered
     return None
 
 

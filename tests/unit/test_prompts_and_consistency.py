@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from smoa_graph.consistency import extract_final_answer, lexical_similarity, measure_agreement
+from smoa_graph.answers import extract_final_answer
+from smoa_graph.consistency import lexical_similarity, measure_agreement
 from smoa_graph.prompts import PROMPT_VARIABLES, load_template, prompts_dir, render
 
 
