@@ -31,6 +31,8 @@ def check_calls(state: dict) -> None:
         assert call["ok"], call
         assert call["input_tokens"] > 0 and call["output_tokens"] > 0, call
         assert call["model"] == "smollm2"
+        if call["role"] in ("proposer", "aggregator"):
+            assert call["output_tokens"] <= 48, call  # max_tokens is honoured
     total = state["summary"]["total"]
     assert total["calls"] == len(state["calls"])
     assert total["total_tokens"] == sum(
