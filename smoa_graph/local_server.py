@@ -14,15 +14,18 @@ import fcntl
 import http.client
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +44,7 @@ INSTALL_HINT = (
 _STATE_FILE = "local_server.json"
 _LOCK_FILE = "local_server.lock"
 _KEPT_LOGS = 20
+_log = logging.getLogger(__name__)
 
 
 class LocalServerError(RuntimeError):
@@ -216,19 +220,61 @@ def _terminate(pid: int, grace: float) -> None:
         time.sleep(0.05)
 
 
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the forked child
-    """Linux: have the kernel SIGTERM the server if the thread that spawned it dies."""
-    import ctypes
+def _other_llama_servers() -> list[int]:
+    """Pids of llama-server processes already running on this machine (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(b"llama-server"):
+                pids.append(int(proc.name))
+    return pids
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+_spawner: ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn_owned(cmd: list[str], log_fd: int) -> subprocess.Popen[bytes]:
+    """Start an owned server from one long-lived thread, which the kernel ties it to.
+
+    On Linux the child asks for SIGTERM when its parent *thread* ends (``PR_SET_PDEATHSIG``).
+    Forking from a dedicated thread that lives until interpreter shutdown makes that "when this
+    process ends", even on SIGKILL, where ``atexit`` never runs; forking from a short-lived
+    worker thread would kill the server as soon as that worker exits.
+    """
+    global _spawner
+    preexec: Callable[[], None] | None = None
+    if sys.platform == "linux":
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, called after
+
+        def ask_for_death_signal() -> None:  # pragma: no cover - runs in the forked child
+            prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+        preexec = ask_for_death_signal
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-server-spawn")
+    return _spawner.submit(popen).result()
 
 
 class LocalServer:
     """One ``llama-server`` process on 127.0.0.1.
 
     ``detached=False`` (the default) ties the server to this process: it is stopped at exit,
-    and on Linux also when the main thread dies abruptly. ``detached=True`` lets it outlive us.
+    and on Linux also when this process is killed. ``detached=True`` lets it outlive us.
     """
 
     def __init__(self, *, detached: bool = False, **opts: Unpack[ServerOptions]) -> None:
@@ -281,7 +327,11 @@ class LocalServer:
         return self._returncode
 
     def command(self) -> list[str]:
-        """The ``llama-server`` command line (port must be chosen)."""
+        """The ``llama-server`` command line (port must be chosen).
+
+        ``--poll 0`` makes idle compute threads sleep instead of spin: as fast when the server
+        has the CPU to itself, and far less collapse when other processes share few cores.
+        """
         return [
             str(self.binary),
             "-m", str(self.model),
@@ -291,6 +341,7 @@ class LocalServer:
             "-t", str(self.threads),
             "-c", str(self.ctx_size),
             "-np", str(self.parallel),
+            "--poll", "0",
             "--no-webui",
         ]  # fmt: skip
 
@@ -302,6 +353,14 @@ class LocalServer:
             _check_port_free(self.requested_port)
         self.port = self.requested_port or free_port()
         self.log_file = _new_log_file(self.port)
+        others = _other_llama_servers()
+        if others:
+            _log.warning(
+                "%d other llama-server process(es) running (pids %s): on few CPU cores they "
+                "slow each other down badly; share one server with `smoa serve-local`",
+                len(others),
+                ", ".join(map(str, others)),
+            )
         started = time.monotonic()
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self.log_file.open("wb") as log:
@@ -319,9 +378,9 @@ class LocalServer:
     def _spawn(self, log_fd: int) -> None:
         """Start the process in its own session, output to ``log_fd``.
 
-        An owned server is a ``Popen`` child that, when started from the main thread on Linux,
-        also gets SIGTERM from the kernel if this process dies without running ``atexit``. A
-        detached server is spawned without ``Popen``: nothing in this process waits for it.
+        An owned server is a ``Popen`` child that also gets SIGTERM from the kernel if this
+        process dies without running ``atexit`` (see :func:`_spawn_owned`). A detached server
+        is spawned without ``Popen``: nothing in this process waits for it.
         """
         cmd = self.command()
         if self.detached:
@@ -337,17 +396,7 @@ class LocalServer:
                 setsid=True,
             )
             return
-        use_pdeathsig = (
-            os.uname().sysname == "Linux" and threading.current_thread() is threading.main_thread()
-        )
-        self._proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_set_parent_death_signal if use_pdeathsig else None,
-        )
+        self._proc = _spawn_owned(cmd, log_fd)
         self._pid = self._proc.pid
 
     def _wait_healthy(self) -> None:
@@ -482,7 +531,8 @@ def ensure_local_server(**opts: Unpack[ServerOptions]) -> str:
 
     Order: ``SMOA_LOCAL_BASE_URL`` as-is; a healthy detached server from the state file (same
     model if ``model`` is given); this process's own server; else start one (stopped at exit).
-    Thread-safe: concurrent callers share a single start.
+    Thread-safe: concurrent callers share a single start. The first start blocks (about
+    0.5 s for SmolLM2); from async code call it through ``asyncio.to_thread``.
     """
     global _owned
     env = os.environ.get("SMOA_LOCAL_BASE_URL")
