@@ -13,15 +13,19 @@ import sys
 import time
 import types
 import typing
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import build_smoa_graph
-from smoa_graph.models import ModelConfigError
+from smoa_graph.graph import build_smoa_graph, prepare_resume, sqlite_checkpointer
+from smoa_graph.models import ModelConfigError, describe_error, is_transient, redact
 from smoa_graph.nodes import AllProposersFailedError, InvalidInputError
 
 EXIT_USAGE = 2
@@ -79,7 +83,7 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         try:
             values = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
             raise CLIError(
                 f"--config {path}: cannot read a JSON object ({exc})", EXIT_USAGE
             ) from None
@@ -105,11 +109,18 @@ def validated(build: Any, *args: Any) -> Any:
         raise CLIError(f"invalid configuration: {problems}", EXIT_USAGE) from None
 
 
-def read_question(text: str) -> str:
-    """The question from the argument, or from stdin when it is ``-``."""
+def read_question(text: str, max_chars: int) -> str:
+    """The question from the argument, or from stdin when it is ``-`` (read up to a bound)."""
     if text != "-":
         return text
-    data = sys.stdin.buffer.read()
+    limit = 4 * max_chars  # UTF-8 takes at most 4 bytes per character
+    data = sys.stdin.buffer.read(limit + 1)
+    if len(data) > limit:
+        raise CLIError(
+            f"stdin: more than max_prompt_chars={max_chars} characters; shorten the question or "
+            "raise --max-prompt-chars",
+            EXIT_USAGE,
+        )
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -121,6 +132,16 @@ def read_question(text: str) -> str:
 
 # -- ask ---------------------------------------------------------------------------------------
 
+THREADS = ("smoa_graph", "threads")
+"""Store namespace of each checkpointed thread's configuration (for ``--resume``)."""
+
+
+def default_checkpoint_db() -> Path:
+    """``checkpoints.sqlite`` in the cache folder (``$SMOA_CACHE_DIR``, else ~/.cache)."""
+    from smoa_graph.local_server import cache_dir
+
+    return cache_dir() / "checkpoints.sqlite"
+
 
 def _progress(update: dict[str, Any], started: float) -> str | None:
     """One human line for a node update, or None."""
@@ -129,20 +150,22 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
         if not isinstance(value, dict):
             continue
         if node in ("propose", "__error_handler__propose"):
-            call = value["calls"][0]
+            calls = value["calls"]
+            call = calls[-1]
+            retries = f" after {len(calls) - 1} failed attempt(s)" if len(calls) > 1 else ""
             status = (
-                f"{call['output_tokens']} tokens, {call['latency_s']:.1f}s"
+                f"{call['output_tokens']} tokens, {call['latency_s']:.1f}s{retries}"
                 if call["ok"]
-                else f"FAILED: {call['error']}"
+                else f"FAILED{retries}: {call['error']}"
             )
             return f"{clock} layer {call['layer']}: proposer {call['index']} done ({status})"
-        if node == "judge" and value.get("layers"):
+        if node in ("judge", "__error_handler__judge") and value.get("layers"):
             record = value["layers"][0]
             judge = record["judge"]
-            how = "judge" if judge["called"] else "all kept"
+            how = "judge" if judge["called"] else "all kept" if not judge["fallback"] else "rule"
             note = f" (fallback: {judge['fallback']})" if judge["fallback"] else ""
             return f"{clock} layer {record['layer']}: selected {judge['selected']} by {how}{note}"
-        if node == "moderator":
+        if node in ("moderator", "__error_handler__moderator"):
             decision = value["decisions"][0]
             verb = "stop" if decision["stop"] else "continue"
             return (
@@ -153,16 +176,21 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
     return None
 
 
-async def run_question(
-    question: str, config: SMoAConfig, *, stream: bool, quiet: bool
+async def stream_run(
+    graph: CompiledStateGraph[Any, Any, Any, Any],
+    inputs: dict[str, Any] | None,
+    run_config: RunnableConfig | None,
+    *,
+    stream: bool,
+    quiet: bool,
 ) -> tuple[dict[str, Any], float]:
-    """Run the graph, printing progress to stderr and (with ``stream``) answer tokens to stdout."""
-    graph = build_smoa_graph(config).compile()
+    """Run (or resume, with ``inputs=None``) the graph; progress to stderr, tokens to stdout."""
     started = time.perf_counter()
     final: dict[str, Any] = {}
     chunk: Any
     async for namespace, mode, chunk in graph.astream(
-        {"prompt": question},
+        inputs,
+        run_config,
         stream_mode=["updates", "messages", "values"],
         subgraphs=True,
     ):
@@ -181,14 +209,94 @@ async def run_question(
     return final, time.perf_counter() - started
 
 
-def trace_json(state: dict[str, Any], config: SMoAConfig, wall_s: float) -> dict[str, Any]:
+@dataclass
+class Outcome:
+    """What ``smoa ask`` ran: final state, config, wall time, and the thread if checkpointed."""
+
+    state: dict[str, Any]
+    config: SMoAConfig
+    wall_s: float
+    thread_id: str | None = None
+    paused_before: tuple[str, ...] = ()
+
+
+async def _select(
+    graph: CompiledStateGraph[Any, Any, Any, Any], run_config: RunnableConfig, picks: list[int]
+) -> None:
+    """Replace the selection of a run paused before the aggregator (``--review``)."""
+    snapshot = await graph.aget_state(run_config)
+    if snapshot.next != ("aggregator",):
+        raise CLIError(
+            "--select: this thread is not paused before the aggregator (start it with --review)",
+            EXIT_USAGE,
+        )
+    usable = {c["index"]: c for c in snapshot.values["layers"][-1]["candidates"] if c["ok"]}
+    unknown = [i for i in picks if i not in usable]
+    if unknown or len(set(picks)) != len(picks):
+        raise CLIError(
+            f"--select: choose distinct proposers among {sorted(usable)} (got {picks})",
+            EXIT_USAGE,
+        )
+    await graph.aupdate_state(run_config, {"selected": [usable[i] for i in picks]}, "moderator")
+
+
+async def run_checkpointed(
+    args: argparse.Namespace, values: dict[str, Any], question: str | None
+) -> Outcome:
+    """Run a new question, or resume (``question=None``), on a thread in the SQLite file."""
+    from langgraph.store.sqlite.aio import AsyncSqliteStore
+
+    db = Path(args.checkpoint_db) if args.checkpoint_db else default_checkpoint_db()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    thread_id = args.thread_id or uuid.uuid4().hex[:12]
+    run_config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
+    async with (
+        sqlite_checkpointer(db) as saver,
+        AsyncSqliteStore.from_conn_string(str(db)) as store,
+    ):
+        await store.setup()
+        if question is None:
+            stored = await store.aget(THREADS, thread_id)
+            if stored is None:
+                raise CLIError(f"--resume: no run under thread {thread_id!r} in {db}", EXIT_USAGE)
+            values = {**stored.value["config"], **values}
+        config = validated(SMoAConfig.model_validate, values)
+        review = ["aggregator"] if args.review and question is not None else None
+        graph = build_smoa_graph(config).compile(checkpointer=saver, interrupt_before=review)
+        if question is None:
+            if args.select:
+                await _select(graph, run_config, args.select)
+            if not await prepare_resume(graph, run_config):
+                state = (await graph.aget_state(run_config)).values
+                if not state.get("answer"):
+                    raise CLIError(f"--resume: thread {thread_id!r} has no run", EXIT_USAGE)
+                return Outcome(state, config, 0.0, thread_id)  # finished already: no model call
+        elif (await graph.aget_state(run_config)).next:
+            raise CLIError(
+                f"thread {thread_id!r} has an unfinished run: continue it with --resume, or use "
+                "another --thread-id",
+                EXIT_USAGE,
+            )
+        await store.aput(THREADS, thread_id, {"config": config.model_dump(mode="json")})
+        inputs = None if question is None else {"prompt": question}
+        state, wall_s = await stream_run(
+            graph, inputs, run_config, stream=args.stream and not args.json, quiet=args.quiet
+        )
+        paused = (await graph.aget_state(run_config)).next
+    return Outcome(state, config, wall_s, thread_id, paused)
+
+
+def trace_json(outcome: Outcome) -> dict[str, Any]:
     """The machine-readable result: answer, whole trace, accounting (no secrets, no objects)."""
-    keys = ("question", "answer", "roles", "layers", "decisions", "calls", "summary")
-    return {
-        **{k: state.get(k) for k in keys},
-        "wall_s": round(wall_s, 3),
-        "config": config.model_dump(),
+    keys = ("question", "answer", "roles", "layers", "decisions", "selected", "calls", "summary")
+    data = {
+        **{k: outcome.state.get(k) for k in keys},
+        "wall_s": round(outcome.wall_s, 3),
+        "config": outcome.config.model_dump(),
     }
+    if outcome.thread_id is not None:
+        data.update(thread_id=outcome.thread_id, paused_before=list(outcome.paused_before))
+    return data
 
 
 def format_summary(state: dict[str, Any], wall_s: float) -> str:
@@ -210,19 +318,63 @@ def format_summary(state: dict[str, Any], wall_s: float) -> str:
     return "\n".join(lines)
 
 
-def cmd_ask(args: argparse.Namespace) -> int:
-    """``smoa ask``: answer one question."""
-    config = validated(SMoAConfig.model_validate, config_values(args))
-    question = read_question(args.question)
-    state, wall_s = asyncio.run(
-        run_question(question, config, stream=args.stream and not args.json, quiet=args.quiet)
+def format_review(outcome: Outcome, args: argparse.Namespace) -> str:
+    """What a run paused by ``--review`` selected, and how to go on."""
+    record = outcome.state["layers"][-1]
+    selected = record["judge"]["selected"]
+    lines = [f"paused before the aggregator; layer {record['layer']} candidates:"]
+    for c in record["candidates"]:
+        mark = "*" if c["index"] in selected else " "
+        text = " ".join(c["text"].split())[:160] if c["ok"] else f"FAILED: {c['error']}"
+        lines.append(f" {mark} proposer {c['index']}: {text}")
+    db = f" --checkpoint-db {args.checkpoint_db}" if args.checkpoint_db else ""
+    lines.append(
+        f"(* = selected) go on with: smoa ask --resume --thread-id {outcome.thread_id}{db} "
+        "[--select PROPOSER ...]"
     )
+    return "\n".join(lines)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """``smoa ask``: answer one question, or resume a checkpointed one."""
+    values = config_values(args)
+    if args.resume:
+        if not args.thread_id or args.question is not None:
+            raise CLIError(
+                "--resume continues a stored run: give --thread-id ID and no question", EXIT_USAGE
+            )
+        outcome = asyncio.run(run_checkpointed(args, values, None))
+    else:
+        if args.question is None:
+            raise CLIError("a question is required (or --resume --thread-id ID)", EXIT_USAGE)
+        if args.select:
+            raise CLIError("--select goes with --resume (after a --review pause)", EXIT_USAGE)
+        config = validated(SMoAConfig.model_validate, values)
+        question = read_question(args.question, config.max_prompt_chars)
+        if args.thread_id or args.review:
+            outcome = asyncio.run(run_checkpointed(args, values, question))
+        else:
+            graph = build_smoa_graph(config).compile()
+            state, wall_s = asyncio.run(
+                stream_run(
+                    graph,
+                    {"prompt": question},
+                    None,
+                    stream=args.stream and not args.json,
+                    quiet=args.quiet,
+                )
+            )
+            outcome = Outcome(state, config, wall_s)
     if args.json:
-        print(json.dumps(trace_json(state, config, wall_s), indent=1, ensure_ascii=False))
+        print(json.dumps(trace_json(outcome), indent=1, ensure_ascii=False))
+        return 0
+    if outcome.paused_before:
+        print(format_review(outcome, args))
         return 0
     if not args.stream:
-        print(state["answer"])
-    print(format_summary(state, wall_s), file=sys.stderr if args.quiet else sys.stdout)
+        print(outcome.state["answer"])
+    summary = format_summary(outcome.state, outcome.wall_s)
+    print(summary, file=sys.stderr if args.quiet else sys.stdout)
     return 0
 
 
@@ -306,11 +458,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a question with SMoA (default: the local model)")
-    ask.add_argument("question", help="the question, or - to read it from stdin")
+    ask.add_argument("question", nargs="?", help="the question, or - to read it from stdin")
     ask.add_argument("--stream", action="store_true", help="stream the final answer's tokens")
     ask.add_argument("--json", action="store_true", help="print the answer and whole trace as JSON")
     ask.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ask.add_argument("--config", help="JSON file of config fields (flags override it)")
+    durable = ask.add_argument_group("checkpoints (resume after a crash, review before the end)")
+    durable.add_argument(
+        "--thread-id",
+        help="checkpoint the run under this id (a later question on it continues the chat)",
+    )
+    durable.add_argument(
+        "--checkpoint-db", help="SQLite file of the checkpoints; default: the cache folder"
+    )
+    durable.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run of --thread-id from its last checkpoint (its stored settings, "
+        "overridden by any flag given)",
+    )
+    durable.add_argument(
+        "--review",
+        action="store_true",
+        help="pause before the aggregator and show the selection (continue with --resume)",
+    )
+    durable.add_argument(
+        "--select",
+        type=int,
+        nargs="+",
+        metavar="PROPOSER",
+        help="with --resume after --review: aggregate these proposers' responses instead",
+    )
     add_config_flags(ask)
     ask.set_defaults(func=cmd_ask)
 
@@ -349,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(exc: BaseException) -> tuple[str, int]:
     """A one-line message and exit code for an expected failure."""
+    import sqlite3
+
+    import httpx
+    from langchain_core.exceptions import ModelError
+
     from smoa_graph.local_server import LocalServerError
 
     if isinstance(exc, CLIError):
@@ -357,11 +540,11 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), EXIT_USAGE
     if isinstance(exc, (LocalServerError, AllProposersFailedError)):
         return str(exc), EXIT_RUNTIME
-    name = type(exc).__name__
-    if name in ("APIConnectionError", "APITimeoutError", "ConnectError", "ConnectionError"):
-        return f"model endpoint unreachable: {exc}", EXIT_RUNTIME
-    if name in ("AuthenticationError", "RateLimitError", "InternalServerError", "APIStatusError"):
-        return f"model endpoint error ({name}): {exc}", EXIT_RUNTIME
+    api_error = any(cls.__name__ == "APIError" for cls in type(exc).__mro__)  # OpenAI-style SDKs
+    if isinstance(exc, (ModelError, httpx.HTTPError)) or api_error or is_transient(exc):
+        return f"model endpoint error: {describe_error(exc)}", EXIT_RUNTIME
+    if isinstance(exc, (OSError, sqlite3.Error)):
+        return describe_error(exc), EXIT_RUNTIME
     raise exc
 
 
@@ -369,14 +552,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    thread = getattr(args, "thread_id", None)
+    later = f"; the run is checkpointed: go on with --resume --thread-id {thread}" if thread else ""
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        print("smoa: interrupted", file=sys.stderr)
+        print(f"smoa: interrupted{later}", file=sys.stderr)
         return 130
     except Exception as exc:
         message, code = _describe(exc)
-        print(f"smoa: error: {message}", file=sys.stderr)
+        hint = later if code == EXIT_RUNTIME else ""
+        print(f"smoa: error: {redact(message)}{hint}", file=sys.stderr)
         return code
 
 

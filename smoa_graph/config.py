@@ -131,8 +131,21 @@ class SMoAConfig(BaseModel):
     proposer_timeout_s: float = Field(
         120.0, gt=0, description="Timeout per proposer attempt in seconds (set at graph build)."
     )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Timeout of one HTTP request to a model endpoint in seconds: to connect, "
+        "or waiting for the next bytes (the whole answer when it is not streamed).",
+    )
     max_attempts: int = Field(
         3, ge=1, le=10, description="Attempts per model call on transient errors (at build)."
+    )
+    retry_backoff_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="Wait before the first retry of a transient error, doubled for each further "
+        "retry; up to 1 s of random jitter is added unless it is 0 (at build).",
     )
 
     @model_validator(mode="before")

@@ -6,21 +6,29 @@ A model spec is one of:
 - ``"model@http://host:port/v1"``: any OpenAI-compatible endpoint;
 - a plain model name, served by the configured ``base_url``;
 - ``"fake"``: a canned offline model (``smoa_graph.testing``) for demos and tests.
+
+API keys come from the environment only (``api_key_env``, or the provider's own variable); they
+are held as ``SecretStr`` by the chat model and never enter a ``ModelRequest``, the state or a
+call record. Error text that reaches the state, a log line or a message goes through ``redact``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.runnables import RunnableConfig
+from langgraph.errors import NodeTimeoutError
+from pydantic import SecretStr
 
 from smoa_graph.state import CallRecord
 
@@ -40,9 +48,57 @@ class ModelRequest:
     max_tokens: int
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float | None = None
 
 
 ModelFactory = Callable[[ModelRequest], BaseChatModel]
+
+
+# Retried by the graph's RetryPolicy: the statuses the OpenAI SDK itself retries, and 5xx.
+_TRANSIENT_STATUS = frozenset({408, 409, 429})
+_TRANSIENT_NAMES = frozenset({"APIConnectionError", "APITimeoutError"})  # OpenAI-style SDKs
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: connection failures, timeouts, HTTP 408/409/429 and 5xx.
+
+    Authentication, permission, bad request, not found and validation errors are not retried:
+    a second attempt would fail the same way. LangChain's provider-neutral ``ModelError``
+    classification decides where a provider package raises it; else the HTTP status, else the
+    error's type.
+    """
+    if isinstance(exc, ModelError):
+        return exc.is_retryable
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status in _TRANSIENT_STATUS or status >= 500
+    if isinstance(exc, (ConnectionError, TimeoutError, NodeTimeoutError)):
+        return True
+    import httpx
+
+    if isinstance(exc, httpx.TransportError):  # connect/read timeouts, refused, reset, protocol
+        return True
+    return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__)
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+_SECRET_TEXT = re.compile(r"(?i)\bbearer\s+[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{8,}")
+
+
+def redact(text: str) -> str:
+    """``text`` without secrets: values of secret-named environment variables, bearer tokens."""
+    for name, value in os.environ.items():
+        if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    return _SECRET_TEXT.sub("***", text)
+
+
+def describe_error(error: BaseException | str) -> str:
+    """One bounded, redacted line for an error: ``Type: message``."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return redact(" ".join(text.split()))[:500]
 
 
 def _openai_compatible(request: ModelRequest, model: str, base_url: str, api_key: str) -> Any:
@@ -51,9 +107,10 @@ def _openai_compatible(request: ModelRequest, model: str, base_url: str, api_key
     return ChatOpenAI(
         model=model,
         base_url=base_url,
-        api_key=api_key,
+        api_key=SecretStr(api_key),
         temperature=request.temperature,
         max_tokens=request.max_tokens,
+        timeout=request.timeout_s,
         stream_usage=True,
         max_retries=0,  # retries belong to the graph's RetryPolicy
     )
@@ -91,14 +148,18 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
 
     try:
         return init_chat_model(
-            spec, temperature=request.temperature, max_tokens=request.max_tokens, max_retries=0
+            spec,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            timeout=request.timeout_s,
+            max_retries=0,
         )
     except ImportError as exc:
         raise ModelConfigError(
             f"model {spec!r}: the provider's LangChain package is not installed ({exc})"
         ) from None
     except Exception as exc:  # provider SDKs raise their own types for a missing key
-        raise ModelConfigError(f"model {spec!r}: {exc}") from None
+        raise ModelConfigError(f"model {spec!r}: {redact(str(exc))}") from None
 
 
 def model_name(model: BaseChatModel, spec: str) -> str:
@@ -127,7 +188,7 @@ def call_config(role: str, layer: int, index: int | None, final: bool = False) -
     }
 
 
-def _record(
+def call_record(
     role: str,
     layer: int,
     index: int | None,
@@ -135,8 +196,9 @@ def _record(
     message: BaseMessage | None,
     started: float,
     ttft: float | None,
-    error: BaseException | None = None,
+    error: BaseException | str | None = None,
 ) -> CallRecord:
+    """Accounting for one model call (``error`` set: a failed call)."""
     usage = getattr(message, "usage_metadata", None) or {}
     return {
         "role": role,
@@ -148,7 +210,7 @@ def _record(
         "latency_s": round(time.perf_counter() - started, 4),
         "ttft_s": None if ttft is None else round(ttft, 4),
         "ok": error is None,
-        "error": None if error is None else f"{type(error).__name__}: {error}"[:500],
+        "error": None if error is None else describe_error(error),
     }
 
 
@@ -172,7 +234,7 @@ async def stream_text(
         chunks.append(chunk)
     message = add_ai_message_chunks(chunks[0], *chunks[1:]) if chunks else None
     text = message.text if message is not None else ""
-    return text, _record(role, layer, index, model_name(model, spec), message, started, ttft)
+    return text, call_record(role, layer, index, model_name(model, spec), message, started, ttft)
 
 
 async def structured_call(
@@ -205,5 +267,5 @@ async def structured_call(
     else:
         raw = await model.ainvoke(list(messages), config=config)
         parsed = None
-    record = _record(role, layer, None, model_name(model, spec), raw, started, None)
+    record = call_record(role, layer, None, model_name(model, spec), raw, started, None)
     return parsed, raw.text, record

@@ -2,18 +2,26 @@
 
 Nodes are methods of ``SMoANodes`` so that one model factory and one default config serve them;
 the per-run config comes from the LangGraph runtime context.
+
+Every failed model-call attempt becomes a failed ``CallRecord`` in ``calls``, including attempts
+that a ``RetryPolicy`` retried successfully; a node that fails for good goes to its error handler:
+a proposer is recorded as a failed candidate, the judge falls back to its deterministic choice,
+the moderator continues. If no proposer of a layer survives, the run ends with
+``AllProposersFailedError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -36,6 +44,8 @@ from smoa_graph.judging import (
 from smoa_graph.models import (
     ModelFactory,
     ModelRequest,
+    call_record,
+    describe_error,
     stream_text,
     structured_call,
 )
@@ -52,14 +62,26 @@ from smoa_graph.state import (
 from smoa_graph.summary import usage_summary
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+T = TypeVar("T")
 
 
 class InvalidInputError(ValueError):
     """The run's input cannot be answered (raised before any model call)."""
 
 
+class UnusableResponseError(ValueError):
+    """A model answered with no usable text (empty, or not a single letter or digit)."""
+
+
 class AllProposersFailedError(RuntimeError):
-    """Every proposer of a layer failed, so the run cannot go on."""
+    """Every proposer of a layer failed, so the run cannot go on.
+
+    ``calls`` holds that layer's call records (every failed attempt with its error).
+    """
+
+    def __init__(self, message: str, calls: Sequence[CallRecord] = ()) -> None:
+        super().__init__(message)
+        self.calls = list(calls)
 
 
 def roles_cache_path(cfg: SMoAConfig) -> Path:
@@ -84,12 +106,21 @@ def _request_text(prompt: str, history: str) -> str:
     return f"Conversation so far:\n{history}\n\nCurrent request:\n{prompt}"
 
 
+def _task_id(runtime: Runtime[Any]) -> str:
+    """The running task's id; LangGraph keeps it across retries and gives it to the handler."""
+    info = runtime.execution_info
+    return info.task_id if info is not None else ""
+
+
 @dataclass
 class SMoANodes:
     """Node functions bound to a default config and a model factory."""
 
     default_config: SMoAConfig
     model_factory: ModelFactory
+    # Failed attempts of tasks still running (retrying), by task id; the task's successful
+    # attempt or its error handler moves them into the state.
+    _failed_attempts: dict[str, list[CallRecord]] = field(default_factory=dict, repr=False)
 
     def config(self, runtime: Runtime[SMoAConfig]) -> SMoAConfig:
         """This run's config: the runtime context, else the builder's default."""
@@ -100,8 +131,60 @@ class SMoANodes:
     ) -> BaseChatModel:
         """The chat model for one role, from the factory."""
         return self.model_factory(
-            ModelRequest(spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env)
+            ModelRequest(
+                spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env, cfg.request_timeout_s
+            )
         )
+
+    async def _attempt(
+        self,
+        runtime: Runtime[SMoAConfig],
+        call: Awaitable[T],
+        *,
+        role: str,
+        layer: int,
+        index: int | None,
+        spec: str,
+    ) -> T:
+        """Await one model call; if it fails (or times out), log the failed attempt and re-raise."""
+        started = time.perf_counter()
+        try:
+            return await call
+        except asyncio.CancelledError:  # the node's timeout cancels the attempt
+            error = f"cancelled after {time.perf_counter() - started:.2f} s (node timeout)"
+            self._log_failed(
+                runtime, call_record(role, layer, index, spec, None, started, None, error)
+            )
+            raise
+        except Exception as exc:
+            self._log_failed(
+                runtime, call_record(role, layer, index, spec, None, started, None, exc)
+            )
+            raise
+
+    def _log_failed(self, runtime: Runtime[SMoAConfig], record: CallRecord) -> None:
+        self._failed_attempts.setdefault(_task_id(runtime), []).append(record)
+
+    def _earlier_failures(self, runtime: Runtime[SMoAConfig]) -> list[CallRecord]:
+        """This task's failed attempts so far (removed from the log)."""
+        return self._failed_attempts.pop(_task_id(runtime), [])
+
+    def _final_failures(
+        self,
+        runtime: Runtime[SMoAConfig],
+        error: BaseException,
+        *,
+        role: str,
+        layer: int,
+        index: int | None,
+        spec: str,
+    ) -> list[CallRecord]:
+        """Every failed attempt of a task that failed for good, the last one with ``error``."""
+        now = time.perf_counter()
+        attempts = self._earlier_failures(runtime)
+        attempts = attempts or [call_record(role, layer, index, spec, None, now, None, error)]
+        attempts[-1] = {**attempts[-1], "ok": False, "error": describe_error(error)}
+        return attempts
 
     def _control_model(self, cfg: SMoAConfig, spec: str | None) -> BaseChatModel:
         return self.model(cfg, spec or cfg.model, cfg.control_temperature, 400)
@@ -134,6 +217,12 @@ class SMoANodes:
         question = _CONTROL_CHARS.sub("", question).strip()
         if not question:
             raise InvalidInputError("prompt: empty or only whitespace; ask a question")
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"prompt: not valid Unicode text (character {exc.start}); pass UTF-8 text"
+            ) from None
         if len(question) > cfg.max_prompt_chars:
             raise InvalidInputError(
                 f"prompt: {len(question)} characters is over max_prompt_chars="
@@ -173,15 +262,17 @@ class SMoANodes:
                 return list(item.value["roles"]), []
         elif path.is_file():
             return list(json.loads(path.read_text(encoding="utf-8"))["roles"]), []
-        roles, record = await self._generate_roles(cfg)
+        roles, record = await self._generate_roles(cfg, runtime)
         if runtime.store is not None:
             await runtime.store.aput(namespace, path.stem, {"roles": roles})
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"roles": roles}, indent=1), encoding="utf-8")
-        return roles, [record]
+        return roles, [*self._earlier_failures(runtime), record]
 
-    async def _generate_roles(self, cfg: SMoAConfig) -> tuple[list[str], CallRecord]:
+    async def _generate_roles(
+        self, cfg: SMoAConfig, runtime: Runtime[SMoAConfig]
+    ) -> tuple[list[str], CallRecord]:
         n = cfg.n_proposers
         spec = cfg.role_model or cfg.model
         model = self._control_model(cfg, spec)
@@ -206,14 +297,21 @@ class SMoANodes:
             task_description=cfg.task_description,
             task_requirement=cfg.task_requirement or "answer correctly and helpfully",
         )
-        parsed, raw, record = await structured_call(
-            model,
-            [HumanMessage(text)],
-            schema,
-            spec=spec,
+        parsed, raw, record = await self._attempt(
+            runtime,
+            structured_call(
+                model,
+                [HumanMessage(text)],
+                schema,
+                spec=spec,
+                role="roles",
+                layer=0,
+                use_schema=cfg.structured_output,
+            ),
             role="roles",
             layer=0,
-            use_schema=cfg.structured_output,
+            index=None,
+            spec=spec,
         )
         data = parse_json_object(parsed, raw) or {}
         generated = [str(r).strip() for r in data.get("roles", []) if str(r).strip()][:n]
@@ -259,17 +357,17 @@ class SMoANodes:
             )
         messages = [SystemMessage(render("proposer", role=task["role"])), HumanMessage(request)]
         final = cfg.n_proposers == 1 and cfg.max_layers == 1
-        text, record = await stream_text(
-            model,
-            messages,
-            spec=spec,
-            role="proposer",
-            layer=task["layer"],
-            index=task["index"],
-            final=final,
+        layer, index = task["layer"], task["index"]
+        call = stream_text(
+            model, messages, spec=spec, role="proposer", layer=layer, index=index, final=final
         )
-        if not text.strip():
-            raise ValueError("empty response")
+        text, record = await self._attempt(
+            runtime, call, role="proposer", layer=layer, index=index, spec=spec
+        )
+        if not any(ch.isalnum() for ch in text):
+            error = UnusableResponseError(f"no usable text in the response ({text[:40]!r})")
+            self._log_failed(runtime, {**record, "ok": False, "error": describe_error(error)})
+            raise error
         candidate = Candidate(
             index=task["index"],
             role=task["role"],
@@ -278,81 +376,70 @@ class SMoANodes:
             ok=True,
             error=None,
         )
-        return {"candidates": [candidate], "calls": [record]}
+        return {"candidates": [candidate], "calls": [*self._earlier_failures(runtime), record]}
 
-    def proposer_failed(self, task: ProposerTask, error: NodeError) -> Command[Literal["judge"]]:
-        """Error handler: record the failed proposer; the layer goes on to the judge."""
-        message = f"{type(error.error).__name__}: {error.error}"[:500]
-        candidate = Candidate(
-            index=task["index"], role=task["role"], model="", text="", ok=False, error=message
-        )
-        record = CallRecord(
+    def proposer_failed(
+        self, task: ProposerTask, error: NodeError, runtime: Runtime[SMoAConfig]
+    ) -> Command[Literal["collect"]]:
+        """Error handler: record the failed proposer; the layer goes on."""
+        spec = self.config(runtime).proposer_model(task["index"])
+        calls = self._final_failures(
+            runtime,
+            error.error,
             role="proposer",
             layer=task["layer"],
             index=task["index"],
-            model="",
-            input_tokens=0,
-            output_tokens=0,
-            latency_s=0.0,
-            ttft_s=None,
-            ok=False,
-            error=message,
+            spec=spec,
         )
-        return Command(update={"candidates": [candidate], "calls": [record]}, goto="judge")
+        candidate = Candidate(
+            index=task["index"],
+            role=task["role"],
+            model=spec,
+            text="",
+            ok=False,
+            error=calls[-1]["error"],
+        )
+        return Command(update={"candidates": [candidate], "calls": calls}, goto="collect")
 
-    async def judge(self, state: LayerState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
-        """Keep the best k of this layer's successful responses (all of them when <= k)."""
-        cfg = self.config(runtime)
-        layer = state["layer"] + 1
-        candidates = sorted(state["candidates"], key=lambda c: c["index"])
-        ok = [c for c in candidates if c["ok"]]
-        if not ok:
+    async def collect(self, state: LayerState) -> dict[str, Any]:
+        """Fan-in of the proposers: end the run with a clear error if none of them succeeded.
+
+        A node of its own (no error handler): the judge's handler covers only the judge's call.
+        """
+        if not any(c["ok"] for c in state["candidates"]):
+            candidates = sorted(state["candidates"], key=lambda c: c["index"])
             errors = "; ".join(f"proposer {c['index']}: {c['error']}" for c in candidates)
             raise AllProposersFailedError(
-                f"all {len(candidates)} proposers of layer {layer} failed: {errors}"
+                f"all {len(candidates)} proposers of layer {state['layer'] + 1} failed: {errors}",
+                state.get("calls", []),
             )
-        k = min(cfg.k, len(ok))
-        with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
-        calls: list[CallRecord] = []
-        if len(ok) <= k:
-            verdict = Verdict(list(range(len(ok))), "", "", None, None)
-        else:
-            texts = [c["text"] for c in ok]
-            responses, nonce = format_candidates(texts)
-            moderation = (
-                "\nAlso say whether the selected responses are good and consistent enough to stop "
-                f"the rounds (this is round {layer} of at most {cfg.max_layers}).\n"
-                if with_stop
-                else ""
-            )
-            text = render(
-                "judge",
-                n=len(ok),
-                k=k,
-                nonce=nonce,
-                moderation=moderation,
-                prompt=_request_text(state["question"], state.get("history", "")),
-                responses=responses,
-                format=judge_format(k, with_stop),
-            )
-            spec = cfg.judge_model or cfg.model
-            parsed, raw, record = await structured_call(
-                self._control_model(cfg, spec),
-                [HumanMessage(text)],
-                judge_schema(len(ok), k, with_stop),
-                spec=spec,
-                role="judge",
-                layer=layer,
-                use_schema=cfg.structured_output,
-            )
-            calls.append(record)
-            verdict = validate_verdict(parse_json_object(parsed, raw), texts, k)
+        return {}
+
+    @staticmethod
+    def _survivors(
+        state: LayerState, cfg: SMoAConfig
+    ) -> tuple[int, list[Candidate], list[Candidate], int]:
+        """(layer, all candidates by index, the successful ones, k for them)."""
+        candidates = sorted(state["candidates"], key=lambda c: c["index"])
+        ok = [c for c in candidates if c["ok"]]
+        return state["layer"] + 1, candidates, ok, min(cfg.k, len(ok))
+
+    @staticmethod
+    def _judged(
+        layer: int,
+        candidates: list[Candidate],
+        ok: list[Candidate],
+        verdict: Verdict,
+        calls: list[CallRecord],
+        called: bool,
+    ) -> dict[str, Any]:
+        """The judge's update: the selection flows on, the layer's record is appended."""
         selected = [ok[i] for i in verdict.selected]
         judge_record = JudgeRecord(
             selected=[c["index"] for c in selected],
             reasoning=verdict.reasoning,
             critique=verdict.critique,
-            called=bool(calls),
+            called=called,
             fallback=verdict.fallback,
             stop_vote=verdict.stop_vote,
         )
@@ -364,52 +451,128 @@ class SMoANodes:
             "calls": calls,
         }
 
+    async def judge(self, state: LayerState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+        """Keep the best k of this layer's successful responses (all of them when <= k)."""
+        cfg = self.config(runtime)
+        layer, candidates, ok, k = self._survivors(state, cfg)
+        if len(ok) <= k:
+            verdict = Verdict(list(range(len(ok))), "", "", None, None)
+            return self._judged(layer, candidates, ok, verdict, [], called=False)
+        with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
+        texts = [c["text"] for c in ok]
+        responses, nonce = format_candidates(texts)
+        moderation = (
+            "\nAlso say whether the selected responses are good and consistent enough to stop "
+            f"the rounds (this is round {layer} of at most {cfg.max_layers}).\n"
+            if with_stop
+            else ""
+        )
+        text = render(
+            "judge",
+            n=len(ok),
+            k=k,
+            nonce=nonce,
+            moderation=moderation,
+            prompt=_request_text(state["question"], state.get("history", "")),
+            responses=responses,
+            format=judge_format(k, with_stop),
+        )
+        spec = cfg.judge_model or cfg.model
+        call = structured_call(
+            self._control_model(cfg, spec),
+            [HumanMessage(text)],
+            judge_schema(len(ok), k, with_stop),
+            spec=spec,
+            role="judge",
+            layer=layer,
+            use_schema=cfg.structured_output,
+        )
+        parsed, raw, record = await self._attempt(
+            runtime, call, role="judge", layer=layer, index=None, spec=spec
+        )
+        verdict = validate_verdict(parse_json_object(parsed, raw), texts, k)
+        calls = [*self._earlier_failures(runtime), record]
+        return self._judged(layer, candidates, ok, verdict, calls, called=True)
+
+    def judge_failed(
+        self, state: LayerState, error: NodeError, runtime: Runtime[SMoAConfig]
+    ) -> dict[str, Any]:
+        """Error handler: the judge's call failed for good, so its deterministic rule selects."""
+        cfg = self.config(runtime)
+        layer, candidates, ok, k = self._survivors(state, cfg)
+        spec = cfg.judge_model or cfg.model
+        calls = self._final_failures(
+            runtime, error.error, role="judge", layer=layer, index=None, spec=spec
+        )
+        verdict = validate_verdict(None, [c["text"] for c in ok], k)
+        verdict = replace(verdict, fallback=f"judge call failed ({calls[-1]['error']})")
+        return self._judged(layer, candidates, ok, verdict, calls, called=False)
+
     # -- moderator and aggregator --------------------------------------------------------------
 
-    async def moderate(self, state: SMoAState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
-        """Decide stop/continue after a layer and record why."""
-        cfg = self.config(runtime)
+    def _decide(self, cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
+        """The decision without a model call, and whether the model must vote on it."""
         layer = state["layer"]
         calls = list(state.get("calls", []))
         tokens = sum(c["input_tokens"] + c["output_tokens"] for c in calls)
         texts = [c["text"] for c in state.get("selected", [])]
-        stop, vote, consistency, answer = True, None, None, None
-        new_calls: list[CallRecord] = []
-        if layer >= cfg.max_layers:
-            reason = f"reached max_layers={cfg.max_layers}"
-        elif cfg.token_budget is not None and tokens >= cfg.token_budget:
-            reason = f"token budget spent ({tokens} >= {cfg.token_budget})"
-        elif cfg.moderator == "never":
-            stop, reason = False, "preset runs every layer"
-        else:
-            agreement = (
-                measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
-            )
-            if agreement is not None:
-                consistency, answer = round(agreement.score, 4), agreement.answer
-            if agreement is not None and agreement.agree and cfg.moderator != "model":
-                reason = f"selected responses agree ({agreement.method})"
-            elif cfg.moderator == "consistency":
-                stop, reason = False, "selected responses do not agree"
-            else:
-                vote, reason, record = await self._model_vote(cfg, state, layer)
-                stop = vote
-                new_calls += [record] if record is not None else []
         decision = ModeratorDecision(
             layer=layer,
-            stop=stop,
-            reason=reason,
-            consistency=consistency,
-            agreed_answer=answer,
-            model_vote=vote,
+            stop=True,
+            reason="",
+            consistency=None,
+            agreed_answer=None,
+            model_vote=None,
             tokens_so_far=tokens,
         )
-        return {"decisions": [decision], "calls": new_calls}
+        if layer >= cfg.max_layers:
+            return {**decision, "reason": f"reached max_layers={cfg.max_layers}"}, False
+        if cfg.token_budget is not None and tokens >= cfg.token_budget:
+            reason = f"token budget spent ({tokens} >= {cfg.token_budget})"
+            return {**decision, "reason": reason}, False
+        if cfg.moderator == "never":
+            return {**decision, "stop": False, "reason": "preset runs every layer"}, False
+        agreement = measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
+        if agreement is not None:
+            decision["consistency"] = round(agreement.score, 4)
+            decision["agreed_answer"] = agreement.answer
+        if agreement is not None and agreement.agree and cfg.moderator != "model":
+            return {**decision, "reason": f"selected responses agree ({agreement.method})"}, False
+        if cfg.moderator == "consistency":
+            return {**decision, "stop": False, "reason": "selected responses do not agree"}, False
+        return decision, True
+
+    async def moderate(self, state: SMoAState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+        """Decide stop/continue after a layer and record why."""
+        cfg = self.config(runtime)
+        decision, vote_needed = self._decide(cfg, state)
+        calls: list[CallRecord] = []
+        if vote_needed:
+            vote, reason, record = await self._model_vote(cfg, state, runtime)
+            decision = {**decision, "stop": vote, "model_vote": vote, "reason": reason}
+            if record is not None:
+                calls = [*self._earlier_failures(runtime), record]
+        return {"decisions": [decision], "calls": calls}
+
+    def moderator_failed(
+        self, state: SMoAState, error: NodeError, runtime: Runtime[SMoAConfig]
+    ) -> Command[Literal["layer"]]:
+        """Error handler: the moderator's call failed for good, so the rounds continue."""
+        cfg = self.config(runtime)
+        decision, _ = self._decide(cfg, state)
+        spec = cfg.moderator_model or cfg.model
+        calls = self._final_failures(
+            runtime, error.error, role="moderator", layer=state["layer"], index=None, spec=spec
+        )
+        reason = f"moderator call failed ({calls[-1]['error']}); continuing (fallback)"
+        decision = {**decision, "stop": False, "reason": reason}
+        return Command(update={"decisions": [decision], "calls": calls}, goto="layer")
 
     async def _model_vote(
-        self, cfg: SMoAConfig, state: SMoAState, layer: int
+        self, cfg: SMoAConfig, state: SMoAState, runtime: Runtime[SMoAConfig]
     ) -> tuple[bool, str, CallRecord | None]:
         """The model's stop vote: from the judge's merged verdict, or one moderator call."""
+        layer = state["layer"]
         judge = state["layers"][-1]["judge"]
         if cfg.merge_judge_moderator and judge["called"]:
             vote = bool(judge["stop_vote"])
@@ -425,7 +588,7 @@ class SMoANodes:
             format=MODERATOR_FORMAT,
         )
         spec = cfg.moderator_model or cfg.model
-        parsed, raw, record = await structured_call(
+        call = structured_call(
             self._control_model(cfg, spec),
             [HumanMessage(text)],
             MODERATOR_SCHEMA,
@@ -433,6 +596,9 @@ class SMoANodes:
             role="moderator",
             layer=layer,
             use_schema=cfg.structured_output,
+        )
+        parsed, raw, record = await self._attempt(
+            runtime, call, role="moderator", layer=layer, index=None, spec=spec
         )
         data = parse_json_object(parsed, raw)
         if data is None or not isinstance(data.get("stop"), bool):
@@ -456,7 +622,7 @@ class SMoANodes:
                 responses=responses,
             )
             spec = cfg.aggregator_model or cfg.model
-            answer, record = await stream_text(
+            call = stream_text(
                 self._aggregator_model(cfg),
                 [HumanMessage(text)],
                 spec=spec,
@@ -464,7 +630,10 @@ class SMoANodes:
                 layer=layer,
                 final=True,
             )
-            calls.append(record)
+            answer, record = await self._attempt(
+                runtime, call, role="aggregator", layer=layer, index=None, spec=spec
+            )
+            calls = [*self._earlier_failures(runtime), record]
         all_calls = [*state.get("calls", []), *calls]
         decision = state["decisions"][-1]
         summary = {

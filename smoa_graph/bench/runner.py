@@ -1,8 +1,10 @@
 """Run presets side by side on the same items, resumably, and record per-item results.
 
 Each finished (variant, item) pair is appended to ``results.jsonl`` at once, so an interrupted run
-loses nothing; a rerun skips the pairs already done (failed pairs are retried). Items are
-interleaved across variants so that a shared, noisy machine slows all of them alike.
+loses nothing; a rerun skips the pairs already done (failed pairs are retried). Each pair runs on
+its own checkpointed thread (``checkpoints.sqlite``, removed once every pair is done), so a pair
+cut off by a kill or an error resumes mid-item without repeating the model calls it finished.
+Items are interleaved across variants so that a shared, noisy machine slows all of them alike.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from tqdm.asyncio import tqdm
 
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import build_smoa_graph
-from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory
+from smoa_graph.graph import build_smoa_graph, prepare_resume, sqlite_checkpointer
+from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, describe_error
+from smoa_graph.state import SMoAInput
 
 RESULTS_FILE = "results.jsonl"
+CHECKPOINTS_FILE = "checkpoints.sqlite"
 
 
 @dataclass(frozen=True)
@@ -86,29 +92,48 @@ def _is_final_token(chunk: tuple[Any, dict[str, Any]]) -> bool:
     return bool(message.text) and "smoa:final" in metadata.get("tags", [])
 
 
+def thread_id(variant: Variant, item: BenchItem) -> str:
+    """The checkpoint thread of one (variant, item) pair."""
+    return f"{variant.name}:{item.id}"
+
+
 async def run_one(
     variant: Variant,
     item: BenchItem,
     factory: ModelFactory,
     judge: BaseChatModel | None,
+    checkpointer: BaseCheckpointSaver[Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one item with one variant; never raises (errors are recorded in the row)."""
+    """Run one item with one variant; never raises (errors are recorded in the row).
+
+    With a ``checkpointer``, a pair left unfinished by an earlier run resumes from its thread
+    (its row says ``resumed``; wall time and TTFT then cover the resumed part only).
+    """
     row: dict[str, Any] = {"variant": variant.name, "item_id": item.id, "dataset": item.dataset}
-    graph = build_smoa_graph(variant.config, model_factory=factory).compile()
+    graph = build_smoa_graph(variant.config, model_factory=factory).compile(
+        checkpointer=checkpointer
+    )
+    run_config: RunnableConfig = {"configurable": {"thread_id": thread_id(variant, item)}}
     started = time.perf_counter()
     state: dict[str, Any] = {}
     ttft: float | None = None
     chunk: Any
     try:
+        inputs: SMoAInput | None = {"prompt": item.prompt}
+        if checkpointer is not None:
+            if await prepare_resume(graph, run_config):
+                inputs, row["resumed"] = None, True
+            else:  # a fresh run: no earlier turn may become chat history
+                await checkpointer.adelete_thread(thread_id(variant, item))
         async for namespace, mode, chunk in graph.astream(
-            {"prompt": item.prompt}, stream_mode=["messages", "values"], subgraphs=True
+            inputs, run_config, stream_mode=["messages", "values"], subgraphs=True
         ):
             if mode == "values" and not namespace:
                 state = chunk
             elif mode == "messages" and ttft is None and _is_final_token(chunk):
                 ttft = time.perf_counter() - started
     except Exception as exc:
-        return {**row, "error": f"{type(exc).__name__}: {exc}"[:500], "wall_s": None}
+        return {**row, "error": describe_error(exc), "wall_s": None}
     wall = time.perf_counter() - started
     summary = state["summary"]
     row.update(
@@ -164,26 +189,35 @@ async def run_bench(
     judge = None
     if rubric_model and any(i.kind == "open" for i in items):
         base = variants[0].config
-        judge = factory(ModelRequest(rubric_model, 0.0, 400, base.base_url, base.api_key_env))
+        judge = factory(
+            ModelRequest(
+                rubric_model, 0.0, 400, base.base_url, base.api_key_env, base.request_timeout_s
+            )
+        )
     semaphore = asyncio.Semaphore(concurrency)
     lock = asyncio.Lock()
+    checkpoints = out_dir / CHECKPOINTS_FILE
 
-    async def task(variant: Variant, item: BenchItem) -> None:
+    async def task(variant: Variant, item: BenchItem, saver: BaseCheckpointSaver[Any]) -> None:
         async with semaphore:
-            row = await run_one(variant, item, factory, judge)
+            row = await run_one(variant, item, factory, judge, saver)
         async with lock:
             with results_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             if row["error"] is None:
                 done[(variant.name, item.id)] = row
+                await saver.adelete_thread(thread_id(variant, item))
             if on_row is not None:
                 on_row(row)
 
-    await tqdm.gather(
-        *(task(v, i) for v, i in todo),
-        desc="smoa bench",
-        unit="run",
-        disable=not progress,
-    )
+    async with sqlite_checkpointer(checkpoints) as saver:
+        await tqdm.gather(
+            *(task(v, i, saver) for v, i in todo),
+            desc="smoa bench",
+            unit="run",
+            disable=not progress,
+        )
     wanted = {(v.name, i.id) for v in variants for i in items}
+    if wanted <= done.keys():  # nothing left to resume
+        checkpoints.unlink(missing_ok=True)
     return [row for key, row in done.items() if key in wanted]
