@@ -20,7 +20,7 @@ from smoa_graph.local_server import LocalServer, process_rss_mb
 
 RUNS = 50
 IN_FLIGHT = 8  # runs at once: 16 proposer requests queue on the server's 4 slots
-DEADLINE_S = 300.0
+DEADLINE_S = 600.0
 
 
 async def sample_peak_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
