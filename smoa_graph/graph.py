@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import RetryPolicy
 
 from smoa_graph.config import SMoAConfig
-from smoa_graph.models import ModelFactory, default_model_factory, is_transient
+from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, is_transient
 from smoa_graph.nodes import SMoANodes, route_after_moderator
 from smoa_graph.state import LayerInput, LayerOutput, LayerState, SMoAInput, SMoAState
 
@@ -128,7 +130,16 @@ async def prepare_resume(
 
 
 graph = build_smoa_graph().compile(name="smoa")
-demo_graph = build_smoa_graph(SMoAConfig(model="fake")).compile(name="smoa_demo")
+
+
+def _fake_only(request: ModelRequest) -> BaseChatModel:
+    """Every role gets the canned ``fake`` model, whatever the run's context names."""
+    return default_model_factory(replace(request, spec="fake"))
+
+
+demo_graph = build_smoa_graph(SMoAConfig(model="fake"), model_factory=_fake_only).compile(
+    name="smoa_demo"
+)
 """The same graph on the canned ``fake`` model: runs anywhere, for Studio and docs."""
 
 

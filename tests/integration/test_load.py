@@ -36,7 +36,7 @@ async def test_fifty_concurrent_runs(
 ) -> None:
     monkeypatch.setenv("SMOA_LOCAL_BASE_URL", local_base_url)
     config = SMoAConfig(
-        model="local", n_proposers=2, k=1, max_layers=1, max_tokens=8, aggregator_max_tokens=8
+        model="local", n_proposers=2, k=2, max_layers=1, max_tokens=8, aggregator_max_tokens=8
     )
     graph = build_smoa_graph(config).compile()
     semaphore = asyncio.Semaphore(IN_FLIGHT)
