@@ -48,8 +48,9 @@ bench-faults: setup
 
 # LangGraph Studio on the local server (graphs: smoa, smoa_demo); see docs/studio.md.
 studio: setup
-	SMOA_LOCAL_BASE_URL=$$($(BIN)/python -c "from smoa_graph.local_server import serve_detached; print(serve_detached()['base_url'])") \
-	LANGSMITH_TRACING=false LANGGRAPH_CLI_NO_ANALYTICS=1 LANGGRAPH_NO_VERSION_CHECK=true \
+	url=$$($(BIN)/python -c "from smoa_graph.local_server import serve_detached; print(serve_detached()['base_url'])") && \
+	SMOA_LOCAL_BASE_URL=$$url LANGSMITH_TRACING=$${LANGSMITH_TRACING:-false} \
+	LANGGRAPH_CLI_NO_ANALYTICS=1 LANGGRAPH_NO_VERSION_CHECK=true \
 	$(BIN)/langgraph dev --host 127.0.0.1 --port 2024
 
 stop-local:

@@ -207,8 +207,9 @@ class SMoAConfig(BaseModel):
 
 def resolve_config(value: SMoAConfig | dict[str, Any] | None, default: SMoAConfig) -> SMoAConfig:
     """Turn a runtime context (model, dict or None) into a validated config."""
-    if value is None:
+    if not value:
         return default
-    if isinstance(value, SMoAConfig):
-        return value
-    return SMoAConfig.model_validate(value)
+    config = value if isinstance(value, SMoAConfig) else SMoAConfig.model_validate(value)
+    # LangGraph coerces a dict context into SMoAConfig, so the empty context that LangGraph Server
+    # (Studio) sends by default arrives as SMoAConfig(): treat it as no context.
+    return default if config == SMoAConfig() else config

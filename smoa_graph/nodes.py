@@ -186,6 +186,14 @@ class SMoANodes:
         attempts[-1] = {**attempts[-1], "ok": False, "error": describe_error(error)}
         return attempts
 
+    def _build_models(self, cfg: SMoAConfig) -> None:
+        """Preflight: build every role's model (no call), so a bad spec fails before any call."""
+        for n in range(cfg.n_proposers):
+            self.model(cfg, cfg.proposer_model(n), cfg.proposer_temperature, cfg.max_tokens)
+        self._control_model(cfg, cfg.judge_model)
+        self._control_model(cfg, cfg.moderator_model)
+        self._aggregator_model(cfg)
+
     def _control_model(self, cfg: SMoAConfig, spec: str | None) -> BaseChatModel:
         return self.model(cfg, spec or cfg.model, cfg.control_temperature, 400)
 
@@ -228,11 +236,7 @@ class SMoANodes:
                 f"prompt: {len(question)} characters is over max_prompt_chars="
                 f"{cfg.max_prompt_chars}; shorten it or raise the limit"
             )
-        for n in range(cfg.n_proposers):  # preflight: a bad model spec fails here, before any call
-            self.model(cfg, cfg.proposer_model(n), cfg.proposer_temperature, cfg.max_tokens)
-        self._control_model(cfg, cfg.judge_model)
-        self._control_model(cfg, cfg.moderator_model)
-        self._aggregator_model(cfg)
+        await asyncio.to_thread(self._build_models, cfg)  # may start the local server
         roles, calls = await self._roles(cfg, runtime)
         return {
             "prompt": "",  # consumed: the next run on this thread reads only new input

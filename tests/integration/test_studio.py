@@ -232,7 +232,7 @@ async def test_smoa_graph_runs_on_the_local_model(studio: str) -> None:
     assert state["values"]["answer"] == result["answer"]  # checkpointed by the server
 
 
-# Last in the module: before the fix it loads the local model until it is cancelled.
+# Last in the module: if the demo ever reaches a real model, it loads it until it is cancelled.
 async def test_demo_graph_runs_with_the_default_studio_context(studio: str) -> None:
     """Studio sends the assistant's (empty) context: the demo must stay on its fake model."""
     client = get_client(url=studio)
@@ -248,4 +248,5 @@ async def test_demo_graph_runs_with_the_default_studio_context(studio: str) -> N
         pytest.fail("the demo graph did not finish in 20 s: is it calling a real model?")
     values = (await client.threads.get_state(thread["thread_id"]))["values"]
     assert "Final answer: 42" in values.get("answer", ""), values
-    assert {c["model"] for c in values["calls"]} == {"fake"}
+    candidates = [c for layer in values["layers"] for c in layer["candidates"]]
+    assert candidates and all("Final answer: 42" in c["text"] for c in candidates)  # canned
