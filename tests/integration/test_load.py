@@ -65,7 +65,7 @@ async def test_fifty_concurrent_runs(
     assert all(s["answer"].strip() for s in states)
     # A failed call is allowed only if it was recorded and the run went on: a transient error
     # retried (e.g. a stale keep-alive connection), or a judge verdict cut at its token cap.
-    assert all(c["ok"] for s in states for c in s["calls"] if c["role"] == "aggregator")
+    assert all(any(c["ok"] for c in s["calls"] if c["role"] == "aggregator") for s in states)
     assert all(candidate["ok"] for s in states for candidate in s["layers"][0]["candidates"])
     calls = [c for s in states for c in s["calls"]]
     failed = Counter(
