@@ -186,6 +186,32 @@ class SMoANodes:
         attempts[-1] = {**attempts[-1], "ok": False, "error": describe_error(error)}
         return attempts
 
+    async def _verdict(
+        self,
+        runtime: Runtime[SMoAConfig],
+        cfg: SMoAConfig,
+        spec: str,
+        text: str,
+        schema: dict[str, Any],
+        *,
+        role: str,
+        layer: int,
+    ) -> tuple[dict[str, Any] | None, CallRecord]:
+        """One constrained call of a control model (roles, judge, moderator): its JSON, if any."""
+        call = structured_call(
+            self._control_model(cfg, spec),
+            [HumanMessage(text)],
+            schema,
+            spec=spec,
+            role=role,
+            layer=layer,
+            use_schema=cfg.structured_output,
+        )
+        parsed, raw, record = await self._attempt(
+            runtime, call, role=role, layer=layer, index=None, spec=spec
+        )
+        return parse_json_object(parsed, raw), record
+
     def _build_models(self, cfg: SMoAConfig) -> None:
         """Preflight: build every role's model (no call), so a bad spec fails before any call."""
         for n in range(cfg.n_proposers):
@@ -279,7 +305,6 @@ class SMoANodes:
     ) -> tuple[list[str], CallRecord]:
         n = cfg.n_proposers
         spec = cfg.role_model or cfg.model
-        model = self._control_model(cfg, spec)
         schema = {
             "title": "roles",
             "description": f"{n} role descriptions.",
@@ -301,23 +326,8 @@ class SMoANodes:
             task_description=cfg.task_description,
             task_requirement=cfg.task_requirement or "answer correctly and helpfully",
         )
-        parsed, raw, record = await self._attempt(
-            runtime,
-            structured_call(
-                model,
-                [HumanMessage(text)],
-                schema,
-                spec=spec,
-                role="roles",
-                layer=0,
-                use_schema=cfg.structured_output,
-            ),
-            role="roles",
-            layer=0,
-            index=None,
-            spec=spec,
-        )
-        data = parse_json_object(parsed, raw) or {}
+        data, record = await self._verdict(runtime, cfg, spec, text, schema, role="roles", layer=0)
+        data = data or {}
         generated = [str(r).strip() for r in data.get("roles", []) if str(r).strip()][:n]
         static = cfg.role_prompts_static()
         return generated + static[len(generated) :], record
@@ -482,19 +492,10 @@ class SMoANodes:
             format=judge_format(k, with_stop),
         )
         spec = cfg.judge_model or cfg.model
-        call = structured_call(
-            self._control_model(cfg, spec),
-            [HumanMessage(text)],
-            judge_schema(len(ok), k, with_stop),
-            spec=spec,
-            role="judge",
-            layer=layer,
-            use_schema=cfg.structured_output,
+        data, record = await self._verdict(
+            runtime, cfg, spec, text, judge_schema(len(ok), k, with_stop), role="judge", layer=layer
         )
-        parsed, raw, record = await self._attempt(
-            runtime, call, role="judge", layer=layer, index=None, spec=spec
-        )
-        verdict = validate_verdict(parse_json_object(parsed, raw), texts, k)
+        verdict = validate_verdict(data, texts, k)
         calls = [*self._earlier_failures(runtime), record]
         return self._judged(layer, candidates, ok, verdict, calls, called=True)
 
@@ -592,19 +593,9 @@ class SMoANodes:
             format=MODERATOR_FORMAT,
         )
         spec = cfg.moderator_model or cfg.model
-        call = structured_call(
-            self._control_model(cfg, spec),
-            [HumanMessage(text)],
-            MODERATOR_SCHEMA,
-            spec=spec,
-            role="moderator",
-            layer=layer,
-            use_schema=cfg.structured_output,
+        data, record = await self._verdict(
+            runtime, cfg, spec, text, MODERATOR_SCHEMA, role="moderator", layer=layer
         )
-        parsed, raw, record = await self._attempt(
-            runtime, call, role="moderator", layer=layer, index=None, spec=spec
-        )
-        data = parse_json_object(parsed, raw)
         if data is None or not isinstance(data.get("stop"), bool):
             return False, "moderator output unusable; continuing (fallback)", record
         reason = str(data.get("reason", ""))[:200]
