@@ -24,7 +24,7 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import build_smoa_graph, prepare_resume, sqlite_checkpointer
+from smoa_graph.graph import aprepare_resume, build_smoa_graph, sqlite_checkpointer
 from smoa_graph.models import ModelConfigError, describe_error, is_transient, redact
 from smoa_graph.nodes import AllProposersFailedError, InvalidInputError
 
@@ -266,7 +266,7 @@ async def run_checkpointed(
         if question is None:
             if args.select:
                 await _select(graph, run_config, args.select)
-            if not await prepare_resume(graph, run_config):
+            if not await aprepare_resume(graph, run_config):
                 state = (await graph.aget_state(run_config)).values
                 if not state.get("answer"):
                     raise CLIError(f"--resume: thread {thread_id!r} has no run", EXIT_USAGE)

@@ -129,7 +129,9 @@ class SMoAConfig(BaseModel):
         200_000, ge=1, description="Longest accepted prompt, in characters."
     )
     proposer_timeout_s: float = Field(
-        120.0, gt=0, description="Timeout per proposer attempt in seconds (set at graph build)."
+        120.0,
+        gt=0,
+        description="Timeout per proposer attempt in seconds; a timed-out attempt is retried.",
     )
     request_timeout_s: float = Field(
         120.0,

@@ -4,21 +4,29 @@ Each layer is a compiled subgraph: ``Send`` fans out to n parallel proposers; th
 (``collect``) stops the run if none succeeded, else the judge selects.
 ``build_smoa_graph`` returns an uncompiled ``StateGraph`` so callers choose checkpointer, store and
 cache; ``graph`` is compiled without a checkpointer for ``langgraph.json`` (Studio, server).
+
+Nodes are coroutines. Async runs (``ainvoke``, ``astream``) await them on the caller's loop; sync
+runs (``invoke``, ``stream``, e.g. with the sync ``SqliteSaver``) hand each one to a single
+background event loop, so both kinds of run share the same node code.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import functools
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import RetryPolicy
+from langgraph.types import RetryPolicy, StateSnapshot
 
 from smoa_graph.config import SMoAConfig
 from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, is_transient
@@ -27,6 +35,41 @@ from smoa_graph.state import LayerInput, LayerOutput, LayerState, SMoAInput, SMo
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+T = TypeVar("T")
+
+
+@functools.cache
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """The event loop (on a daemon thread) that runs the nodes of sync runs."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="smoa-sync-nodes", daemon=True).start()
+    return loop
+
+
+def _run_blocking(node: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """``node`` as a blocking function: its coroutine runs on the background loop.
+
+    The coroutine gets the calling thread's context (LangGraph's config, callbacks, runtime),
+    which ``run_coroutine_threadsafe`` copies; one long-lived loop keeps the async HTTP clients
+    of the models usable from one run to the next.
+    """
+
+    @functools.wraps(node)
+    def run(*args: Any, **kwargs: Any) -> T:
+        future = asyncio.run_coroutine_threadsafe(node(*args, **kwargs), _background_loop())
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    return run
+
+
+def _node(function: Callable[..., Coroutine[Any, Any, Any]]) -> Runnable[Any, Any]:
+    """An async node or routing function that sync runs can execute too."""
+    return RunnableCallable(_run_blocking(function), function, name=function.__name__, trace=False)
 
 
 def _retry_policy(config: SMoAConfig) -> RetryPolicy:
@@ -48,21 +91,21 @@ def build_layer_graph(
     layer = StateGraph(
         LayerState, context_schema=SMoAConfig, input_schema=LayerInput, output_schema=LayerOutput
     )
-    layer.add_node(  # type: ignore[call-overload]  # Send payload, not the layer state
+    # LangGraph's stub types do not describe error handlers taking (state, error, runtime)
+    layer.add_node(  # type: ignore[call-overload]
         "propose",
-        nodes.propose,
+        _node(nodes.propose),
         retry_policy=_retry_policy(config),
-        timeout=config.proposer_timeout_s,
         error_handler=nodes.proposer_failed,
     )
-    layer.add_node("collect", nodes.collect)
-    layer.add_node(
+    layer.add_node("collect", _node(nodes.collect))
+    layer.add_node(  # type: ignore[call-overload]
         "judge",
-        nodes.judge,
+        _node(nodes.judge),
         retry_policy=_retry_policy(config),
         error_handler=nodes.judge_failed,
     )
-    layer.add_conditional_edges(START, nodes.fan_out, ["propose"])
+    layer.add_conditional_edges(START, _node(nodes.fan_out), ["propose"])
     layer.add_edge("propose", "collect")
     layer.add_edge("collect", "judge")
     layer.add_edge("judge", END)
@@ -80,19 +123,21 @@ def build_smoa_graph(
     config = config or SMoAConfig()
     nodes = SMoANodes(config, model_factory or default_model_factory)
     builder = StateGraph(SMoAState, context_schema=SMoAConfig, input_schema=SMoAInput)
-    builder.add_node("prepare", nodes.prepare, retry_policy=_retry_policy(config))
+    builder.add_node("prepare", _node(nodes.prepare), retry_policy=_retry_policy(config))
     builder.add_node("layer", build_layer_graph(nodes))
-    builder.add_node(
+    builder.add_node(  # type: ignore[call-overload]  # error handler, as in the layer
         "moderator",
-        nodes.moderate,
+        _node(nodes.moderate),
         retry_policy=_retry_policy(config),
         error_handler=nodes.moderator_failed,
     )
-    builder.add_node("aggregator", nodes.aggregate, retry_policy=_retry_policy(config))
+    builder.add_node("aggregator", _node(nodes.aggregate), retry_policy=_retry_policy(config))
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "layer")
     builder.add_edge("layer", "moderator")
-    builder.add_conditional_edges("moderator", route_after_moderator, ["layer", "aggregator"])
+    builder.add_conditional_edges(
+        "moderator", _node(route_after_moderator), ["layer", "aggregator"]
+    )
     builder.add_edge("aggregator", END)
     return builder
 
@@ -112,21 +157,34 @@ async def sqlite_checkpointer(path: str | Path) -> AsyncIterator[AsyncSqliteSave
         yield saver
 
 
-async def prepare_resume(
+def _restarts_layer(snapshot: StateSnapshot) -> bool:
+    """A layer whose proposers all failed would fail the same way: it starts afresh instead."""
+    return any(task.name == "layer" and task.error for task in snapshot.tasks)
+
+
+async def aprepare_resume(
     compiled: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig
 ) -> bool:
     """Ready a checkpointed thread for ``ainvoke(None, config)``; False if no run is pending.
 
     A run stopped mid-step (process killed, error, ``interrupt_before``) goes on from its last
     checkpoint: tasks that finished keep their writes and are not run again. A layer whose
-    proposers all failed would fail the same way, so it is restarted from scratch instead.
+    proposers all failed is restarted from scratch.
     """
     snapshot = await compiled.aget_state(config)
-    if not snapshot.next:
-        return False
-    if any(task.name == "layer" and task.error for task in snapshot.tasks):
+    if snapshot.next and _restarts_layer(snapshot):
         await compiled.aupdate_state(config, None, as_node="prepare")  # a fresh layer task
-    return True
+    return bool(snapshot.next)
+
+
+def prepare_resume(
+    compiled: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig
+) -> bool:
+    """``aprepare_resume`` for sync runs: ready the thread for ``invoke(None, config)``."""
+    snapshot = compiled.get_state(config)
+    if snapshot.next and _restarts_layer(snapshot):
+        compiled.update_state(config, None, as_node="prepare")
+    return bool(snapshot.next)
 
 
 graph = build_smoa_graph().compile(name="smoa")

@@ -27,7 +27,6 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import add_ai_message_chunks
 from langchain_core.runnables import RunnableConfig
-from langgraph.errors import NodeTimeoutError
 from pydantic import SecretStr
 
 from smoa_graph.state import CallRecord
@@ -74,7 +73,7 @@ def is_transient(exc: BaseException) -> bool:
         status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(status, int):
         return status in _TRANSIENT_STATUS or status >= 500
-    if isinstance(exc, (ConnectionError, TimeoutError, NodeTimeoutError)):
+    if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     import httpx
 
@@ -101,7 +100,9 @@ def describe_error(error: BaseException | str) -> str:
     return redact(" ".join(text.split()))[:500]
 
 
-def _openai_compatible(request: ModelRequest, model: str, base_url: str, api_key: str) -> Any:
+def _openai_compatible(
+    request: ModelRequest, model: str, base_url: str, api_key: str, **clients: Any
+) -> Any:
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
@@ -113,7 +114,25 @@ def _openai_compatible(request: ModelRequest, model: str, base_url: str, api_key
         timeout=request.timeout_s,
         stream_usage=True,
         max_retries=0,  # retries belong to the graph's RetryPolicy
+        **clients,
     )
+
+
+def _no_keepalive_clients() -> dict[str, Any]:
+    """HTTP clients that open a fresh loopback connection per request.
+
+    llama-server closes idle keep-alive connections after 5 s, the same age at which httpx
+    stops reusing them, and a pooled connection outlives the event loop that opened it (each
+    ``asyncio.run``); reusing one fails with a connection error. On loopback a new connection
+    costs well under a millisecond.
+    """
+    import httpx
+
+    limits = httpx.Limits(max_keepalive_connections=0)
+    return {
+        "http_client": httpx.Client(limits=limits),
+        "http_async_client": httpx.AsyncClient(limits=limits),
+    }
 
 
 @lru_cache(maxsize=256)
@@ -124,7 +143,10 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
     if spec == "local" or spec.startswith("local:"):
         from smoa_graph.local_server import ensure_local_server
 
-        return _openai_compatible(request, LOCAL_MODEL_ALIAS, ensure_local_server(), "local")
+        base_url = ensure_local_server()
+        return _openai_compatible(
+            request, LOCAL_MODEL_ALIAS, base_url, "local", **_no_keepalive_clients()
+        )
     if spec == "fake":
         from smoa_graph.testing import FakeChatModel
 

@@ -73,6 +73,10 @@ class UnusableResponseError(ValueError):
     """A model answered with no usable text (empty, or not a single letter or digit)."""
 
 
+class AttemptTimeoutError(TimeoutError):
+    """A model call gave no answer within its time limit (``proposer_timeout_s``); retried."""
+
+
 class AllProposersFailedError(RuntimeError):
     """Every proposer of a layer failed, so the run cannot go on.
 
@@ -145,21 +149,23 @@ class SMoANodes:
         layer: int,
         index: int | None,
         spec: str,
+        timeout_s: float | None = None,
     ) -> T:
-        """Await one model call; if it fails (or times out), log the failed attempt and re-raise."""
+        """Await one model call (cut after ``timeout_s``); log a failed attempt and re-raise."""
         started = time.perf_counter()
+        deadline = asyncio.timeout(timeout_s)
         try:
-            return await call
-        except asyncio.CancelledError:  # the node's timeout cancels the attempt
-            error = f"cancelled after {time.perf_counter() - started:.2f} s (node timeout)"
+            async with deadline:
+                return await call
+        except Exception as exc:
+            error = exc
+            if deadline.expired():
+                error = AttemptTimeoutError(f"no answer within {timeout_s:g} s (per attempt)")
             self._log_failed(
                 runtime, call_record(role, layer, index, spec, None, started, None, error)
             )
-            raise
-        except Exception as exc:
-            self._log_failed(
-                runtime, call_record(role, layer, index, spec, None, started, None, exc)
-            )
+            if error is not exc:
+                raise error from None
             raise
 
     def _log_failed(self, runtime: Runtime[SMoAConfig], record: CallRecord) -> None:
@@ -376,7 +382,13 @@ class SMoANodes:
             model, messages, spec=spec, role="proposer", layer=layer, index=index, final=final
         )
         text, record = await self._attempt(
-            runtime, call, role="proposer", layer=layer, index=index, spec=spec
+            runtime,
+            call,
+            role="proposer",
+            layer=layer,
+            index=index,
+            spec=spec,
+            timeout_s=cfg.proposer_timeout_s,
         )
         if not any(ch.isalnum() for ch in text):
             error = UnusableResponseError(f"no usable text in the response ({text[:40]!r})")

@@ -25,7 +25,7 @@ from tqdm.asyncio import tqdm
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import build_smoa_graph, prepare_resume, sqlite_checkpointer
+from smoa_graph.graph import aprepare_resume, build_smoa_graph, sqlite_checkpointer
 from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, describe_error
 from smoa_graph.state import SMoAInput
 
@@ -121,7 +121,7 @@ async def run_one(
     try:
         inputs: SMoAInput | None = {"prompt": item.prompt}
         if checkpointer is not None:
-            if await prepare_resume(graph, run_config):
+            if await aprepare_resume(graph, run_config):
                 inputs, row["resumed"] = None, True
             else:  # a fresh run: no earlier turn may become chat history
                 await checkpointer.adelete_thread(thread_id(variant, item))

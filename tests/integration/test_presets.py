@@ -56,7 +56,11 @@ async def test_fixed_presets(fields: dict, layers: int, calls: int) -> None:
     graph = build_smoa_graph(SMoAConfig(**SMALL, **fields)).compile()
     state = await graph.ainvoke({"prompt": QUESTION})
     assert state["answer"].strip()
-    assert len(state["layers"]) == layers and len(ok_calls(state)) == calls
+    # At temperature 0.7 the 135M model now and then answers with no usable text: that proposer
+    # is recorded as failed (an unusable answer is not retried) and its layer goes on.
+    failed = [c for layer in state["layers"] for c in layer["candidates"] if not c["ok"]]
+    assert all("UnusableResponseError" in c["error"] for c in failed), failed
+    assert len(state["layers"]) == layers and len(ok_calls(state)) + len(failed) == calls
     check_calls(state)
 
 

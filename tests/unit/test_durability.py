@@ -1,6 +1,6 @@
 """Checkpoints: a killed or failed run resumes without repeating finished model calls; review.
 
-Runs use ``AsyncSqliteSaver`` (the graph is async); the sync ``SqliteSaver`` reads the same file.
+Async runs use ``AsyncSqliteSaver``; sync runs (``invoke``) the sync ``SqliteSaver``.
 """
 
 from __future__ import annotations
@@ -25,18 +25,16 @@ from smoa_graph import AllProposersFailedError, SMoAConfig, build_smoa_graph
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.runner import CHECKPOINTS_FILE, parse_variant, run_bench
 from smoa_graph.cli import main
-from smoa_graph.graph import prepare_resume
+from smoa_graph.graph import aprepare_resume, prepare_resume
 from smoa_graph.testing import FakeCall, default_responder, fake_factory
 
 THREAD: Any = {"configurable": {"thread_id": "t"}}
 
-# Runs `smoa ask` with fake models: proposers 2 and 3 ("slow") take a minute; each finished call
+# Fake models for a worker process: proposers 2 and 3 ("slow") take a minute; each finished call
 # is logged to argv[1] as "role layer index".
-WORKER = textwrap.dedent(
+FAKES = textwrap.dedent(
     """
     import sys
-    import smoa_graph.graph
-    from smoa_graph.cli import main
     from smoa_graph.testing import FakeChatModel, default_responder
 
     def responder(call):
@@ -53,9 +51,31 @@ WORKER = textwrap.dedent(
                 spec=request.spec, responder=responder, latency_s=latency, record=False
             )
         return models[request.spec]
+    """
+)
+# Runs `smoa ask` (argv[2:]) on those fakes.
+CLI_WORKER = FAKES + textwrap.dedent(
+    """
+    import smoa_graph.graph
+    from smoa_graph.cli import main
 
     smoa_graph.graph.default_model_factory = factory
     sys.exit(main(sys.argv[2:]))
+    """
+)
+# Runs the graph with sync ``invoke`` and the sync ``SqliteSaver`` on file argv[2].
+SYNC_WORKER = FAKES + textwrap.dedent(
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from smoa_graph import SMoAConfig, build_smoa_graph
+
+    config = SMoAConfig(
+        model="fast", n_proposers=4, k=2, max_layers=1,
+        proposer_models=["fast", "fast", "slow", "slow"],
+    )
+    with SqliteSaver.from_conn_string(sys.argv[2]) as saver:
+        graph = build_smoa_graph(config, model_factory=factory).compile(checkpointer=saver)
+        graph.invoke({"prompt": "What is 6*7?"}, {"configurable": {"thread_id": "t"}})
     """
 )
 
@@ -87,44 +107,70 @@ def fresh_models(monkeypatch: pytest.MonkeyPatch) -> Any:
     return factory
 
 
-def test_a_killed_ask_resumes_without_repeating_finished_calls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def kill_after_the_fast_proposers(tmp_path: Path, worker: str, argv: list[str]) -> None:
+    """Run ``worker``; SIGKILL it once the two fast proposers' results are checkpointed."""
     db, log, script = tmp_path / "c.sqlite", tmp_path / "calls.log", tmp_path / "worker.py"
-    script.write_text(WORKER)
-    argv = ["ask", "What is 6*7?", "--model", "fast", "-n", "4", "-k", "2", "--layers", "1"]
-    argv += ["--proposer-models", "fast", "fast", "slow", "slow", "--quiet"]
-    argv += ["--thread-id", "t", "--checkpoint-db", str(db)]
-    worker = subprocess.Popen([sys.executable, str(script), str(log), *argv])
+    script.write_text(worker)
+    process = subprocess.Popen([sys.executable, str(script), str(log), *argv])
     try:
         deadline = time.monotonic() + 60
         while finished_proposers(db) < 2:
-            assert worker.poll() is None, "the worker ended before it was killed"
+            assert process.poll() is None, "the worker ended before it was killed"
             assert time.monotonic() < deadline, "the fast proposers never finished"
             time.sleep(0.05)
-        worker.send_signal(signal.SIGKILL)
+        process.send_signal(signal.SIGKILL)
     finally:
-        worker.kill()
-        worker.wait(timeout=10)
+        process.kill()
+        process.wait(timeout=10)
     assert sorted(log.read_text().splitlines()) == ["proposer 1 0", "proposer 1 1"]
 
+
+# What the resumed run still has to call: the killed run's finished proposers are kept.
+RESUMED_CALLS = {
+    ("proposer", 2): 1,
+    ("proposer", 3): 1,
+    ("judge", None): 1,
+    ("aggregator", None): 1,
+}
+
+
+def test_a_killed_ask_resumes_without_repeating_finished_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "c.sqlite"
+    argv = ["ask", "What is 6*7?", "--model", "fast", "-n", "4", "-k", "2", "--layers", "1"]
+    argv += ["--proposer-models", "fast", "fast", "slow", "slow", "--quiet"]
+    kill_after_the_fast_proposers(
+        tmp_path, CLI_WORKER, [*argv, "--thread-id", "t", "--checkpoint-db", str(db)]
+    )
     factory = fake_factory()
     monkeypatch.setattr("smoa_graph.graph.default_model_factory", factory)
     code = main(["ask", "--resume", "--thread-id", "t", "--checkpoint-db", str(db), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     made = Counter((c.role, c.index) for m in factory.models.values() for c in m.calls)
-    assert made == {
-        ("proposer", 2): 1,
-        ("proposer", 3): 1,
-        ("judge", None): 1,
-        ("aggregator", None): 1,
-    }
+    assert made == RESUMED_CALLS
     data = json.loads(out)
     assert data["answer"].endswith("Final answer: 42") and data["thread_id"] == "t"
     proposers = [c["index"] for c in data["calls"] if c["role"] == "proposer"]
     assert sorted(proposers) == [0, 1, 2, 3]  # each once: the killed run's two are kept
     assert data["config"]["proposer_models"] == ["fast", "fast", "slow", "slow"]  # as stored
+
+
+def test_a_killed_sync_run_resumes_with_the_sync_sqlite_saver(tmp_path: Path) -> None:
+    db = tmp_path / "c.sqlite"
+    kill_after_the_fast_proposers(tmp_path, SYNC_WORKER, [str(db)])
+    factory = fake_factory()
+    config = SMoAConfig(model="fake", n_proposers=4, k=2, max_layers=1)
+    with SqliteSaver.from_conn_string(str(db)) as saver:
+        graph = build_smoa_graph(config, model_factory=factory).compile(checkpointer=saver)
+        assert prepare_resume(graph, THREAD)
+        out = graph.invoke(None, THREAD)
+        assert not prepare_resume(graph, THREAD)  # nothing left to do
+    made = Counter((c.role, c.index) for m in factory.models.values() for c in m.calls)
+    assert made == RESUMED_CALLS
+    assert sorted(c["index"] for c in out["calls"] if c["role"] == "proposer") == [0, 1, 2, 3]
+    assert out["answer"].endswith("Final answer: 42")
 
 
 async def test_a_failed_aggregator_resumes_alone_and_sync_saver_reads_the_file(
@@ -146,10 +192,10 @@ async def test_a_failed_aggregator_resumes_alone_and_sync_saver_reads_the_file(
             await graph.ainvoke({"prompt": "q"}, THREAD)
         before = roles_called(factory)
         broken["on"] = False
-        assert await prepare_resume(graph, THREAD)
+        assert await aprepare_resume(graph, THREAD)
         out = await graph.ainvoke(None, THREAD)
         assert roles_called(factory) - before == {("aggregator", None): 1}
-        assert not await prepare_resume(graph, THREAD)  # nothing left to do
+        assert not await aprepare_resume(graph, THREAD)  # nothing left to do
     with SqliteSaver.from_conn_string(str(db)) as sync_saver:
         reader = build_smoa_graph(config, model_factory=factory).compile(checkpointer=sync_saver)
         snapshot = reader.get_state(THREAD)
@@ -176,7 +222,7 @@ async def test_a_layer_whose_proposers_all_failed_restarts_on_resume() -> None:
         await graph.ainvoke({"prompt": "q"}, THREAD)
     before = roles_called(factory)
     broken["on"] = False
-    assert await prepare_resume(graph, THREAD)
+    assert await aprepare_resume(graph, THREAD)
     out = await graph.ainvoke(None, THREAD)
     again = roles_called(factory) - before
     assert again == {

@@ -122,11 +122,18 @@ async def test_graph_in_an_lcel_chain() -> None:
     assert len(answers) == 2 and all(ANSWER in a for a in answers)
 
 
-async def test_sync_invoke_is_not_supported_use_the_async_api() -> None:
-    """The nodes are async: sync code calls ``asyncio.run(graph.ainvoke(...))`` (see docs)."""
+def test_sync_invoke_stream_and_batch() -> None:
+    """Sync code calls the graph directly (its async nodes run on a background event loop)."""
     smoa, _ = make_smoa()
-    with pytest.raises(TypeError, match="ainvoke"):
-        smoa.invoke({"prompt": "hi"})
+    assert ANSWER in smoa.invoke({"prompt": "What is 6 * 7?"})["answer"]
+    final = [
+        token.text
+        for token, metadata in smoa.stream({"prompt": "7 * 6?"}, stream_mode="messages")
+        if "smoa:final" in metadata.get("tags", [])
+    ]
+    assert len(final) > 1 and "".join(final).endswith(ANSWER)
+    states = smoa.batch([{"prompt": "one?"}, {"prompt": "two?"}])
+    assert len(states) == 2 and all(ANSWER in s["answer"] for s in states)
 
 
 async def test_tool_wrapper_for_an_agent() -> None:

@@ -22,7 +22,6 @@ import openai
 import pytest
 from langchain_core.exceptions import ContextOverflowError, ModelTimeoutError
 from langchain_openai.chat_models.base import OpenAIAuthenticationError, OpenAIRateLimitError
-from langgraph.errors import NodeTimeoutError
 
 from smoa_graph import (
     AllProposersFailedError,
@@ -33,7 +32,7 @@ from smoa_graph import (
 )
 from smoa_graph.cli import main
 from smoa_graph.models import is_transient
-from smoa_graph.nodes import UnusableResponseError
+from smoa_graph.nodes import AttemptTimeoutError, UnusableResponseError
 from smoa_graph.testing import FakeCall, default_responder, fake_factory
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "faults.py"
@@ -94,7 +93,7 @@ def _status(cls: type[openai.APIStatusError], code: int) -> openai.APIStatusErro
         (httpx.HTTPStatusError("502", request=_REQUEST, response=httpx.Response(502)), True),
         (ConnectionRefusedError(), True),
         (TimeoutError(), True),
-        (NodeTimeoutError("propose", 1.0, kind="run", run_timeout=1.0), True),
+        (AttemptTimeoutError("no answer within 1 s (per attempt)"), True),
         (_status(openai.AuthenticationError, 401), False),
         (_status(OpenAIAuthenticationError, 401), False),
         (_status(openai.PermissionDeniedError, 403), False),
@@ -149,7 +148,7 @@ async def test_retried_failures_are_each_recorded_and_counted() -> None:
     records = proposer_calls(out, 1)
     assert [r["ok"] for r in records] == [False, False, True]
     assert records[0]["error"] == "ConnectionError: injected connection error"
-    assert re.fullmatch(r"cancelled after 0\.\d+ s \(node timeout\)", records[1]["error"])
+    assert records[1]["error"] == "AttemptTimeoutError: no answer within 0.2 s (per attempt)"
     assert out["layers"][0]["candidates"][1]["ok"] is True  # the third attempt answered
     assert out["summary"]["total"]["failed_calls"] == 2
     assert sum(factory.models["faulty"].injected.values()) == 2
@@ -162,7 +161,7 @@ async def test_a_proposer_that_keeps_timing_out_fails_within_its_bound() -> None
     assert time.perf_counter() - started < 3 * 0.1 + 2  # the hung calls (30 s) were cut
     records = proposer_calls(out, 1)
     assert [r["ok"] for r in records] == [False, False, False]
-    assert records[-1]["error"].startswith("NodeTimeoutError: ")
+    assert all(r["error"].startswith("AttemptTimeoutError: ") for r in records)
     candidate = out["layers"][0]["candidates"][1]
     assert candidate == {**candidate, "ok": False, "text": "", "error": records[-1]["error"]}
     assert 1 not in out["layers"][0]["judge"]["selected"]

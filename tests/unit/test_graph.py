@@ -47,7 +47,9 @@ def disagreeing(call: FakeCall) -> str:
     return default_responder(call)
 
 
-async def test_proposers_run_concurrently() -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["ainvoke", "invoke"])
+async def test_proposers_run_concurrently(sync: bool) -> None:
+    """Also in sync runs, whose async nodes run on the background loop."""
     n, latency = 6, 0.2
     timings: list[tuple[float, float]] = []
 
@@ -59,7 +61,10 @@ async def test_proposers_run_concurrently() -> None:
     config = SMoAConfig(n_proposers=n, k=2, max_layers=1, model="fake")
     graph, _ = run_graph(config, timed, latency_s=latency)
     started = time.perf_counter()
-    await graph.ainvoke({"prompt": "q"})
+    if sync:
+        graph.invoke({"prompt": "q"})
+    else:
+        await graph.ainvoke({"prompt": "q"})
     elapsed = time.perf_counter() - started
     assert len(timings) == n
     # every proposer was sleeping at the same moment: their intervals overlap
