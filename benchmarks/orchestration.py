@@ -38,7 +38,7 @@ from pydantic import Field
 
 from smoa_graph import ModelRequest, SMoAConfig, build_smoa_graph
 from smoa_graph.config import Preset
-from smoa_graph.testing import FakeCall, FakeChatModel, default_responder
+from smoa_graph.testing import FakeCall, FakeChatModel, disagreeing_responder
 
 T = TypeVar("T")
 
@@ -69,15 +69,6 @@ PROFILES: dict[str, dict[str, float]] = {
         "latency_scale": 0.05,
     },
 }
-
-
-def disagreeing_responder(call: FakeCall) -> str:
-    """Proposer i answers i (no agreement); the moderator votes to continue; else the default."""
-    if call.role == "proposer":
-        return f"Proposer {call.index} reasoned it through. Final answer: {call.index}"
-    if call.role == "moderator":
-        return '{"reason": "r", "quality": 3, "stop": false}'
-    return default_responder(call)
 
 
 # -- a fake that simulates per-role latency and measures its own cost ------------------------------

@@ -57,6 +57,16 @@ def default_responder(call: FakeCall) -> str:
     return f"I am {call.role} {call.index} in layer {call.layer}. Final answer: 42"
 
 
+def disagreeing_responder(call: FakeCall) -> str:
+    """Proposer i answers i + 10 (no agreement) and the moderator votes to go on: every run
+    goes to ``max_layers``. Other roles answer as ``default_responder``."""
+    if call.role == "proposer" and call.index is not None:
+        return f"Proposer {call.index} thinks differently. Final answer: {call.index + 10}"
+    if call.role == "moderator":
+        return '{"reason": "they disagree", "quality": 3, "stop": false}'
+    return default_responder(call)
+
+
 class FakeChatModel(BaseChatModel):
     """Answers via ``responder`` after ``latency_s`` (plus seeded jitter); counts words as tokens.
 

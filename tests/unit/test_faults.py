@@ -33,7 +33,7 @@ from smoa_graph import (
 from smoa_graph.cli import main
 from smoa_graph.models import is_transient
 from smoa_graph.nodes import AttemptTimeoutError, UnusableResponseError
-from smoa_graph.testing import FakeCall, default_responder, fake_factory
+from smoa_graph.testing import FakeCall, default_responder, disagreeing_responder, fake_factory
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "faults.py"
 
@@ -242,17 +242,11 @@ async def test_judge_call_recovering_on_retry_records_the_failed_attempt() -> No
     assert [c["ok"] for c in out["calls"] if c["role"] == "judge"] == [False, True]
 
 
-def disagreeing(call: FakeCall) -> str:
-    if call.role == "proposer":
-        return f"Proposer {call.index}. Final answer: {call.index + 10}"
-    return default_responder(call)
-
-
 async def test_moderator_call_failing_for_good_continues_the_rounds() -> None:
     def responder(call: FakeCall) -> str:
         if call.role == "moderator":
             raise _status(openai.InternalServerError, 500)
-        return disagreeing(call)
+        return disagreeing_responder(call)
 
     config = SMoAConfig(**FAST, n_proposers=3, k=2, max_layers=2, moderator="model")
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()
@@ -278,7 +272,7 @@ async def test_moderator_call_failing_for_good_continues_the_rounds() -> None:
 )
 async def test_moderator_garbage_continues_deterministically(text: str) -> None:
     def responder(call: FakeCall) -> str:
-        return text if call.role == "moderator" else disagreeing(call)
+        return text if call.role == "moderator" else disagreeing_responder(call)
 
     config = SMoAConfig(**FAST, n_proposers=3, k=2, max_layers=2, moderator="model")
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()

@@ -18,7 +18,7 @@ from smoa_graph import (
     SMoAConfig,
     build_smoa_graph,
 )
-from smoa_graph.testing import FakeCall, default_responder, fake_factory
+from smoa_graph.testing import FakeCall, default_responder, disagreeing_responder, fake_factory
 
 
 def run_graph(
@@ -36,15 +36,6 @@ def n_responses(prompt: str) -> int:
 
 def calls_of(factory: Any, role: str) -> list[FakeCall]:
     return [c for c in factory.models["fake"].calls if c.role == role]
-
-
-def disagreeing(call: FakeCall) -> str:
-    """Proposers disagree (answer = their index); the moderator model says continue."""
-    if call.role == "proposer":
-        return f"Proposer {call.index} thinks differently. Final answer: {call.index + 10}"
-    if call.role == "moderator":
-        return '{"reason": "they disagree", "quality": 3, "stop": false}'
-    return default_responder(call)
 
 
 @pytest.mark.parametrize("sync", [False, True], ids=["ainvoke", "invoke"])
@@ -75,7 +66,7 @@ async def test_proposers_run_concurrently(sync: bool) -> None:
 
 async def test_exactly_k_responses_flow_to_next_layer() -> None:
     config = SMoAConfig(n_proposers=4, k=2, max_layers=2, model="fake", moderator="consistency")
-    graph, factory = run_graph(config, disagreeing)
+    graph, factory = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert [len(layer["candidates"]) for layer in out["layers"]] == [4, 4]
     assert len(out["selected"]) == 2
@@ -102,7 +93,7 @@ async def test_moderator_stops_early_when_selected_responses_agree() -> None:
 
 async def test_moderator_runs_to_max_layers_when_responses_disagree() -> None:
     config = SMoAConfig(n_proposers=4, k=2, max_layers=3, model="fake", moderator="hybrid")
-    graph, factory = run_graph(config, disagreeing)
+    graph, factory = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert len(out["layers"]) == 3
     assert [d["stop"] for d in out["decisions"]] == [False, False, True]
@@ -124,7 +115,7 @@ async def test_merged_judge_moderator_saves_the_moderator_call() -> None:
         if call.role == "judge":
             stop = call.layer >= 2
             return json.dumps({"reasoning": "r", "chosen": [2, 3], "critique": "c", "stop": stop})
-        return disagreeing(call)
+        return disagreeing_responder(call)
 
     config = SMoAConfig(n_proposers=4, k=2, max_layers=4, model="fake", merge_judge_moderator=True)
     graph, factory = run_graph(config, merged)
@@ -139,7 +130,7 @@ async def test_token_budget_stops_the_run() -> None:
     config = SMoAConfig(
         n_proposers=4, k=2, max_layers=5, model="fake", token_budget=10, moderator="consistency"
     )
-    graph, _ = run_graph(config, disagreeing)
+    graph, _ = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert len(out["layers"]) == 1
     assert "token budget" in out["decisions"][0]["reason"]
@@ -238,7 +229,7 @@ async def test_all_proposers_failing_ends_with_a_clear_error() -> None:
 
 async def test_token_accounting_sums_correctly() -> None:
     config = SMoAConfig(n_proposers=4, k=2, max_layers=2, model="fake", moderator="model")
-    graph, factory = run_graph(config, disagreeing)
+    graph, factory = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "What is 6 times 7?"})
     fake_calls = factory.models["fake"].calls
     calls = out["calls"]
@@ -257,7 +248,7 @@ async def test_token_accounting_sums_correctly() -> None:
 
 async def test_no_duplication_of_records_across_layers() -> None:
     config = SMoAConfig(n_proposers=4, k=2, max_layers=3, model="fake", moderator="consistency")
-    graph, _ = run_graph(config, disagreeing)
+    graph, _ = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert [layer["layer"] for layer in out["layers"]] == [1, 2, 3]
     assert [len(layer["candidates"]) for layer in out["layers"]] == [4, 4, 4]
