@@ -116,6 +116,26 @@ def _task_id(runtime: Runtime[Any]) -> str:
     return info.task_id if info is not None else ""
 
 
+def _request(cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int) -> ModelRequest:
+    return ModelRequest(
+        spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env, cfg.request_timeout_s
+    )
+
+
+def _control_request(cfg: SMoAConfig, spec: str | None) -> ModelRequest:
+    """Judge, moderator and role generator: deterministic, short JSON answers."""
+    return _request(cfg, spec or cfg.model, cfg.control_temperature, 400)
+
+
+def _aggregator_request(cfg: SMoAConfig) -> ModelRequest:
+    return _request(
+        cfg,
+        cfg.aggregator_model or cfg.model,
+        cfg.aggregator_temperature,
+        cfg.aggregator_max_tokens or cfg.max_tokens,
+    )
+
+
 @dataclass
 class SMoANodes:
     """Node functions bound to a default config and a model factory."""
@@ -125,6 +145,7 @@ class SMoANodes:
     # Failed attempts of tasks still running (retrying), by task id; the task's successful
     # attempt or its error handler moves them into the state.
     _failed_attempts: dict[str, list[CallRecord]] = field(default_factory=dict, repr=False)
+    _built: set[ModelRequest] = field(default_factory=set, repr=False)  # by ``_preflight``
 
     def config(self, runtime: Runtime[SMoAConfig]) -> SMoAConfig:
         """This run's config: the runtime context, else the builder's default."""
@@ -134,11 +155,7 @@ class SMoANodes:
         self, cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int
     ) -> BaseChatModel:
         """The chat model for one role, from the factory."""
-        return self.model_factory(
-            ModelRequest(
-                spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env, cfg.request_timeout_s
-            )
-        )
+        return self.model_factory(_request(cfg, spec, temperature, max_tokens))
 
     async def _attempt(
         self,
@@ -205,7 +222,7 @@ class SMoANodes:
     ) -> tuple[dict[str, Any] | None, CallRecord]:
         """One constrained call of a control model (roles, judge, moderator): its JSON, if any."""
         call = structured_call(
-            self._control_model(cfg, spec),
+            self.model_factory(_control_request(cfg, spec)),
             [HumanMessage(text)],
             schema,
             spec=spec,
@@ -218,24 +235,25 @@ class SMoANodes:
         )
         return parse_json_object(parsed, raw), record
 
-    def _build_models(self, cfg: SMoAConfig) -> None:
-        """Preflight: build every role's model (no call), so a bad spec fails before any call."""
-        for n in range(cfg.n_proposers):
-            self.model(cfg, cfg.proposer_model(n), cfg.proposer_temperature, cfg.max_tokens)
-        self._control_model(cfg, cfg.judge_model)
-        self._control_model(cfg, cfg.moderator_model)
-        self._aggregator_model(cfg)
+    async def _preflight(self, cfg: SMoAConfig) -> None:
+        """Build every role's model (no call), so that a bad spec fails before any call.
 
-    def _control_model(self, cfg: SMoAConfig, spec: str | None) -> BaseChatModel:
-        return self.model(cfg, spec or cfg.model, cfg.control_temperature, 400)
-
-    def _aggregator_model(self, cfg: SMoAConfig) -> BaseChatModel:
-        return self.model(
-            cfg,
-            cfg.aggregator_model or cfg.model,
-            cfg.aggregator_temperature,
-            cfg.aggregator_max_tokens or cfg.max_tokens,
-        )
+        New models are built off the event loop (the first one may start the local server);
+        once every model of ``cfg`` has been built, nothing is done.
+        """
+        requests = {
+            *(
+                _request(cfg, cfg.proposer_model(i), cfg.proposer_temperature, cfg.max_tokens)
+                for i in range(cfg.n_proposers)
+            ),
+            _control_request(cfg, cfg.judge_model),
+            _control_request(cfg, cfg.moderator_model),
+            _aggregator_request(cfg),
+        }
+        new = requests - self._built
+        if new:
+            await asyncio.to_thread(lambda: [self.model_factory(r) for r in new])
+            self._built |= new
 
     # -- prepare -------------------------------------------------------------------------------
 
@@ -268,7 +286,7 @@ class SMoANodes:
                 f"prompt: {len(question)} characters is over max_prompt_chars="
                 f"{cfg.max_prompt_chars}; shorten it or raise the limit"
             )
-        await asyncio.to_thread(self._build_models, cfg)  # may start the local server
+        await self._preflight(cfg)
         roles, calls = await self._roles(cfg, runtime)
         return {
             "prompt": "",  # consumed: the next run on this thread reads only new input
@@ -630,7 +648,7 @@ class SMoANodes:
             )
             spec = cfg.aggregator_model or cfg.model
             call = stream_text(
-                self._aggregator_model(cfg),
+                self.model_factory(_aggregator_request(cfg)),
                 [HumanMessage(text)],
                 spec=spec,
                 role="aggregator",

@@ -1,7 +1,8 @@
 """Load: 50 graph runs at once on the local model, bounded concurrency, no error, no deadlock.
 
-Tiny runs (n=2, k=1, one layer, 8 output tokens) keep it to about a minute on 2 cores. Peak RSS
-of this process and of the llama-server is printed (run with ``-s`` to see it).
+Tiny runs (n=2, k=1: two proposers, a judge call and the aggregator; one layer, 8 output tokens
+for the answers) keep it short on 2 cores. Peak RSS of this process and of the llama-server is
+printed (run with ``-s`` to see it).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ async def test_fifty_concurrent_runs(
 ) -> None:
     monkeypatch.setenv("SMOA_LOCAL_BASE_URL", local_base_url)
     config = SMoAConfig(
-        model="local", n_proposers=2, k=2, max_layers=1, max_tokens=8, aggregator_max_tokens=8
+        model="local", n_proposers=2, k=1, max_layers=1, max_tokens=8, aggregator_max_tokens=8
     )
     graph = build_smoa_graph(config).compile()
     semaphore = asyncio.Semaphore(IN_FLIGHT)
@@ -64,9 +65,13 @@ async def test_fifty_concurrent_runs(
     states = [t.result() for t in done]
     assert all(s["answer"].strip() for s in states)
     # A failed call is allowed only if it was recorded and the run went on: a transient error
-    # retried (e.g. a stale keep-alive connection), or a judge verdict cut at its token cap.
+    # retried, a judge verdict cut at its token cap (its fallback chose), or a proposer of the
+    # 135M model answering with no usable text (its layer went on without it).
     assert all(any(c["ok"] for c in s["calls"] if c["role"] == "aggregator") for s in states)
-    assert all(candidate["ok"] for s in states for candidate in s["layers"][0]["candidates"])
+    lost = [c for s in states for c in s["layers"][0]["candidates"] if not c["ok"]]
+    assert all("UnusableResponseError" in c["error"] for c in lost), lost
+    assert all(len(s["layers"][0]["judge"]["selected"]) == 1 for s in states)
+    judged = sum(s["layers"][0]["judge"]["called"] for s in states)
     calls = [c for s in states for c in s["calls"]]
     failed = Counter(
         f"{c['role']}: {(c['error'] or '').split(':')[0]}" for c in calls if not c["ok"]
@@ -74,6 +79,7 @@ async def test_fifty_concurrent_runs(
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
     print(
         f"\n{RUNS} runs, {IN_FLIGHT} in flight: {wall:.1f} s wall, {len(calls)} calls "
+        f"({judged} judge calls, {len(lost)} unusable proposer answers) "
         f"(failed and recorded: {dict(failed) or 'none'}), "
         f"{sum(c['input_tokens'] + c['output_tokens'] for c in calls)} tokens; peak RSS: "
         f"this process {own_peak:.0f} MB, llama-server {server_peak[0]:.0f} MB"

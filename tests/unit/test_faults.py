@@ -154,10 +154,11 @@ async def test_retried_failures_are_each_recorded_and_counted() -> None:
     assert sum(factory.models["faulty"].injected.values()) == 2
 
 
-async def test_a_proposer_that_keeps_timing_out_fails_within_its_bound() -> None:
+@pytest.mark.parametrize("sync", [False, True], ids=["ainvoke", "invoke"])
+async def test_a_proposer_that_keeps_timing_out_fails_within_its_bound(sync: bool) -> None:
     graph, _ = faulty_graph(["timeout"] * 3, max_attempts=3, proposer_timeout_s=0.1)
     started = time.perf_counter()
-    out = await graph.ainvoke({"prompt": "q"})
+    out = graph.invoke({"prompt": "q"}) if sync else await graph.ainvoke({"prompt": "q"})
     assert time.perf_counter() - started < 3 * 0.1 + 2  # the hung calls (30 s) were cut
     records = proposer_calls(out, 1)
     assert [r["ok"] for r in records] == [False, False, False]
