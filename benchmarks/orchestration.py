@@ -3,8 +3,9 @@
 1. Wall time against the critical path of the simulated model latencies (smoa, moa, single).
    The critical path is the ideal wall time: per layer the slowest proposer (they run in
    parallel), plus every judge, moderator and aggregator call (they run one after another).
-2. Pure graph overhead per query with zero-latency fakes (smoa, n=4, k=2, 3 layers), with the
-   time actually spent inside the fake chat-model calls measured apart.
+2. Pure graph overhead per query with zero-latency fakes (smoa, n=4, k=2, 3 layers): the wall
+   time minus the time spent inside the fake chat-model calls (LangChain's chat-model call path:
+   callbacks, message objects, streaming), which is measured apart and reported too.
 3. How that overhead grows with the number of proposers and with the number of layers.
 
 Proposers disagree and the moderator model votes to continue, so every run goes to max_layers.
@@ -487,8 +488,11 @@ def print_report(report: Report) -> None:
             f"  {label:<29} median {stats.median:6.2f} ms   p90 {stats.p90:6.2f} ms   "
             f"mean {stats.mean:6.2f} ms"
         )
-    verdict = _verdict(o.total_ms.median, GOAL_OVERHEAD_MS)
-    print(f"  goal <= {GOAL_OVERHEAD_MS:g} ms per query (median wall): {verdict}")
+    print(
+        f"  goal <= {GOAL_OVERHEAD_MS:g} ms of pure graph overhead per query (median outside the "
+        f"model calls): {_verdict(o.graph_ms.median, GOAL_OVERHEAD_MS)}; with the fake models' "
+        f"own LangChain call path (median wall): {_verdict(o.total_ms.median, GOAL_OVERHEAD_MS)}"
+    )
 
     print(
         f"\n3. Scaling with zero-latency fakes, k=2 ({s.scaling_queries} queries per point after "

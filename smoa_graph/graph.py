@@ -1,7 +1,7 @@
 """Build the SMoA graph: prepare -> layer -> moderator -(continue)-> layer ... -(stop)-> aggregator.
 
-Each layer is a compiled subgraph: ``Send`` fans out to n parallel proposers; their fan-in
-(``collect``) stops the run if none succeeded, else the judge selects.
+Each layer is a compiled subgraph: ``Send`` fans out to n parallel proposers; the judge, their
+fan-in, ends the run if none succeeded, else selects k of the survivors.
 ``build_smoa_graph`` returns an uncompiled ``StateGraph`` so callers choose checkpointer, store and
 cache; ``graph`` is compiled without a checkpointer for ``langgraph.json`` (Studio, server).
 
@@ -98,7 +98,6 @@ def build_layer_graph(
         retry_policy=_retry_policy(config),
         error_handler=nodes.proposer_failed,
     )
-    layer.add_node("collect", _node(nodes.collect))
     layer.add_node(  # type: ignore[call-overload]
         "judge",
         _node(nodes.judge),
@@ -106,8 +105,7 @@ def build_layer_graph(
         error_handler=nodes.judge_failed,
     )
     layer.add_conditional_edges(START, _node(nodes.fan_out), ["propose"])
-    layer.add_edge("propose", "collect")
-    layer.add_edge("collect", "judge")
+    layer.add_edge("propose", "judge")
     layer.add_edge("judge", END)
     return layer.compile(name="smoa_layer")
 
@@ -201,8 +199,8 @@ demo_graph = build_smoa_graph(SMoAConfig(model="fake"), model_factory=_fake_only
 """The same graph on the canned ``fake`` model: runs anywhere, for Studio and docs."""
 
 
-_HANDLER_TARGETS = {"propose": "collect", "judge": END, "moderator": "layer"}
-"""Where each node's error handler leads: the fan-in, the layer's end, the next layer."""
+_HANDLER_TARGETS = {"propose": "judge", "judge": END, "moderator": "layer"}
+"""Where each node's error handler leads: the judge (fan-in), the layer's end, the next layer."""
 
 
 def draw_mermaid(compiled: CompiledStateGraph[Any, Any, Any, Any] = graph) -> str:

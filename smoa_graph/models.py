@@ -24,8 +24,8 @@ from typing import Any
 
 from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import add_ai_message_chunks
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.runnables import RunnableConfig
 from pydantic import SecretStr
 
@@ -215,20 +215,19 @@ def call_record(
     layer: int,
     index: int | None,
     name: str,
-    message: BaseMessage | None,
+    usage: UsageMetadata | None,
     started: float,
     ttft: float | None,
     error: BaseException | str | None = None,
 ) -> CallRecord:
     """Accounting for one model call (``error`` set: a failed call)."""
-    usage = getattr(message, "usage_metadata", None) or {}
     return {
         "role": role,
         "layer": layer,
         "index": index,
         "model": name,
-        "input_tokens": int(usage.get("input_tokens", 0)),
-        "output_tokens": int(usage.get("output_tokens", 0)),
+        "input_tokens": int(usage["input_tokens"]) if usage else 0,
+        "output_tokens": int(usage["output_tokens"]) if usage else 0,
         "latency_s": round(time.perf_counter() - started, 4),
         "ttft_s": None if ttft is None else round(ttft, 4),
         "ok": error is None,
@@ -249,14 +248,16 @@ async def stream_text(
     """Stream one completion; return its text and its accounting (tokens, latency, TTFT)."""
     started = time.perf_counter()
     ttft: float | None = None
-    chunks: list[AIMessageChunk] = []
+    parts: list[str] = []
+    usage: UsageMetadata | None = None
     async for chunk in model.astream(list(messages), config=call_config(role, layer, index, final)):
         if ttft is None and chunk.content:
             ttft = time.perf_counter() - started
-        chunks.append(chunk)
-    message = add_ai_message_chunks(chunks[0], *chunks[1:]) if chunks else None
-    text = message.text if message is not None else ""
-    return text, call_record(role, layer, index, model_name(model, spec), message, started, ttft)
+        parts.append(chunk.text)
+        if chunk.usage_metadata:  # usually only the last chunk has it; summed like LangChain
+            usage = add_usage(usage, chunk.usage_metadata)
+    record = call_record(role, layer, index, model_name(model, spec), usage, started, ttft)
+    return "".join(parts), record
 
 
 async def structured_call(
@@ -289,5 +290,7 @@ async def structured_call(
     else:
         raw = await model.ainvoke(list(messages), config=config)
         parsed = None
-    record = call_record(role, layer, None, model_name(model, spec), raw, started, None)
+    record = call_record(
+        role, layer, None, model_name(model, spec), raw.usage_metadata, started, None
+    )
     return parsed, raw.text, record

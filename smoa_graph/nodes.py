@@ -424,7 +424,7 @@ class SMoANodes:
 
     def proposer_failed(
         self, task: ProposerTask, error: NodeError, runtime: Runtime[SMoAConfig]
-    ) -> Command[Literal["collect"]]:
+    ) -> Command[Literal["judge"]]:
         """Error handler: record the failed proposer; the layer goes on."""
         spec = self.config(runtime).proposer_model(task["index"])
         calls = self._final_failures(
@@ -443,29 +443,25 @@ class SMoANodes:
             ok=False,
             error=calls[-1]["error"],
         )
-        return Command(update={"candidates": [candidate], "calls": calls}, goto="collect")
-
-    async def collect(self, state: LayerState) -> dict[str, Any]:
-        """Fan-in of the proposers: end the run with a clear error if none of them succeeded.
-
-        A node of its own (no error handler): the judge's handler covers only the judge's call.
-        """
-        if not any(c["ok"] for c in state["candidates"]):
-            candidates = sorted(state["candidates"], key=lambda c: c["index"])
-            errors = "; ".join(f"proposer {c['index']}: {c['error']}" for c in candidates)
-            raise AllProposersFailedError(
-                f"all {len(candidates)} proposers of layer {state['layer'] + 1} failed: {errors}",
-                state.get("calls", []),
-            )
-        return {}
+        return Command(update={"candidates": [candidate], "calls": calls}, goto="judge")
 
     @staticmethod
     def _survivors(
         state: LayerState, cfg: SMoAConfig
     ) -> tuple[int, list[Candidate], list[Candidate], int]:
-        """(layer, all candidates by index, the successful ones, k for them)."""
+        """(layer, all candidates by index, the successful ones, k for them).
+
+        With no successful candidate the run cannot go on: ``AllProposersFailedError``, raised
+        in the judge (the proposers' fan-in) and again in its error handler, ends the run.
+        """
         candidates = sorted(state["candidates"], key=lambda c: c["index"])
         ok = [c for c in candidates if c["ok"]]
+        if not ok:
+            errors = "; ".join(f"proposer {c['index']}: {c['error']}" for c in candidates)
+            raise AllProposersFailedError(
+                f"all {len(candidates)} proposers of layer {state['layer'] + 1} failed: {errors}",
+                state.get("calls", []),
+            )
         return state["layer"] + 1, candidates, ok, min(cfg.k, len(ok))
 
     @staticmethod
