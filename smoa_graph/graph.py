@@ -68,7 +68,11 @@ def _run_blocking(node: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., 
 
 
 def _node(function: Callable[..., Coroutine[Any, Any, Any]]) -> Runnable[Any, Any]:
-    """An async node or routing function that sync runs can execute too."""
+    """An async node or routing function that sync runs can execute too.
+
+    ``RunnableCallable`` is LangGraph's own node wrapper with a sync and an async body (its
+    prebuilt ``ToolNode`` is one); it injects ``runtime`` and the like into either body.
+    """
     return RunnableCallable(_run_blocking(function), function, name=function.__name__, trace=False)
 
 

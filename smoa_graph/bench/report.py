@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 TOKEN_RATIO_GOAL = 0.55  # SMoA tokens / MoA tokens; the paper reports about 0.6
+ROLES = ("roles", "proposer", "judge", "moderator", "aggregator")  # in the order of a run
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -17,7 +18,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
-    """Per-variant means (quality, tokens, calls, wall, TTFT, layers) and SMoA/MoA ratios."""
+    """Per-variant means (quality, tokens, by role too, calls, wall, TTFT, layers), ratios."""
     table: dict[str, dict[str, Any]] = {}
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
@@ -30,6 +31,10 @@ def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[s
             "wall_s": _mean([r["wall_s"] for r in mine]),
             "ttft_s": _mean([r.get("ttft_s") for r in mine]),
             "layers": _mean([r["layers"] for r in mine]),
+            "tokens_by_role": {
+                role: _mean([r.get("tokens_by_role", {}).get(role, 0) for r in mine])
+                for role in ROLES
+            },
         }
     ratios: dict[str, Any] = {}
     moa = table.get("moa")
@@ -75,7 +80,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def to_markdown(summary: dict[str, Any], title: str) -> str:
-    """The summary as Markdown tables (per variant, then ratios against MoA)."""
+    """The summary as Markdown tables: per variant, tokens by role, ratios against MoA."""
     lines = [
         f"## {title}",
         "",
@@ -89,6 +94,20 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
             f"{_fmt(s['calls'], 1)} | {_fmt(s['wall_s'], 1)} | {_fmt(s['ttft_s'], 1)} | "
             f"{_fmt(s['layers'], 2)} |"
         )
+    roles = [
+        role
+        for role in ROLES
+        if any(s["tokens_by_role"][role] for s in summary["variants"].values())
+    ]
+    if roles:
+        lines += [
+            "",
+            "| tokens/query by role | " + " | ".join(roles) + " |",
+            "|---|" + "---:|" * len(roles),
+        ]
+        for name, s in summary["variants"].items():
+            cells = " | ".join(_fmt(s["tokens_by_role"][role], 0) for role in roles)
+            lines.append(f"| {name} | {cells} |")
     if summary["ratios"]:
         lines += [
             "",

@@ -79,7 +79,7 @@ async def test_fifty_concurrent_runs(
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
     print(
         f"\n{RUNS} runs, {IN_FLIGHT} in flight: {wall:.1f} s wall, {len(calls)} calls "
-        f"({judged} judge calls, {len(lost)} unusable proposer answers) "
+        f"({judged} judge verdicts used, {len(lost)} unusable proposer answers) "
         f"(failed and recorded: {dict(failed) or 'none'}), "
         f"{sum(c['input_tokens'] + c['output_tokens'] for c in calls)} tokens; peak RSS: "
         f"this process {own_peak:.0f} MB, llama-server {server_peak[0]:.0f} MB"

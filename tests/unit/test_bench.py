@@ -93,10 +93,14 @@ def test_a_line_cut_by_a_kill_is_ignored(tmp_path: Path) -> None:
 
 def test_summary_ratios_are_paired_and_markdown_lists_them(tmp_path: Path) -> None:
     def row(variant: str, item: str, tokens: int, quality: float) -> dict:
+        judge = 100 if variant == "smoa" else 0
         return {
             "variant": variant,
             "item_id": item,
             "tokens": tokens,
+            "tokens_by_role": {"proposer": tokens - judge, "judge": judge}
+            if judge
+            else {"proposer": tokens},
             "calls": 5,
             "wall_s": 2.0,
             "ttft_s": 1.0,
@@ -123,6 +127,8 @@ def test_summary_ratios_are_paired_and_markdown_lists_them(tmp_path: Path) -> No
     assert summary["ratios"]["single/moa"]["items"] == 1
     text = to_markdown(summary, "t")
     assert "| smoa/moa | 2 | 0.550 | 1.000 | 1.000 | 0.500 |" in text
+    assert "| tokens/query by role | proposer | judge |" in text  # roles without tokens: left out
+    assert "| smoa | 450 | 100 |" in text and "| moa | 1000 | 0 |" in text
     write_report(rows, ["single", "moa", "smoa"], tmp_path, "t")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "summary.json").read_text())["ratios"]
