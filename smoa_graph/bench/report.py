@@ -135,10 +135,8 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for name, s in zip(names, stats, strict=True):
         if s["tokens"] is not None and s["quality"] is not None:
-            left.scatter(s["tokens"], s["quality"], s=60)
-            left.annotate(
-                name, (s["tokens"], s["quality"]), textcoords="offset points", xytext=(5, 5)
-            )
+            left.scatter(s["tokens"], s["quality"], s=60, label=name)
+    left.legend(loc="best")  # not labels beside the points: close points would overlap them
     left.set_xlabel("tokens per query")
     left.set_ylabel("quality (accuracy or rubric 1-5)")
     left.set_title("quality vs tokens")
