@@ -48,8 +48,9 @@ GARBAGE = "\x00\ufffd ?! \x1b"
 class FaultyModel(FakeChatModel):
     """A fake chat model that injects faults: first those of ``script``, then at random.
 
-    ``error`` raises ``ConnectionError``, ``timeout`` sleeps ``hang_s`` (the node timeout cuts it),
-    ``empty`` and ``garbage`` answer with no usable text. ``injected`` counts what was injected.
+    ``error`` raises ``ConnectionError``, ``timeout`` sleeps ``hang_s`` (``proposer_timeout_s``
+    cuts it), ``empty`` and ``garbage`` answer with no usable text. ``injected`` counts what was
+    injected.
     """
 
     script: list[Fault | None] = Field(default_factory=list)
