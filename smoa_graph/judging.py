@@ -36,6 +36,15 @@ def format_candidates(texts: list[str]) -> tuple[str, str]:
     return "\n\n".join(blocks), nonce
 
 
+def strip_marker_echoes(text: str, nonce: str) -> str:
+    """``text`` without the lines that echo a candidate marker (they carry the prompt's nonce).
+
+    Small models copy the markers of the responses they were shown into their own answer.
+    """
+    kept = "\n".join(line for line in text.splitlines() if nonce not in line).strip()
+    return kept or text.strip()
+
+
 def judge_schema(m: int, k: int, with_stop: bool) -> dict[str, Any]:
     """Bounded JSON schema of a verdict choosing k of m candidates (1-based)."""
     properties: dict[str, Any] = {

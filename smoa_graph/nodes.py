@@ -39,6 +39,7 @@ from smoa_graph.judging import (
     judge_format,
     judge_schema,
     parse_json_object,
+    strip_marker_echoes,
     validate_verdict,
 )
 from smoa_graph.models import (
@@ -636,7 +637,7 @@ class SMoANodes:
         if cfg.n_proposers == 1 and cfg.max_layers == 1:
             answer = selected[0]["text"]  # single model: its answer is the answer
         else:
-            responses, _ = format_candidates([c["text"] for c in selected])
+            responses, nonce = format_candidates([c["text"] for c in selected])
             text = render(
                 "aggregator",
                 prompt=_request_text(state["question"], state.get("history", "")),
@@ -651,9 +652,10 @@ class SMoANodes:
                 layer=layer,
                 final=True,
             )
-            answer, record = await self._attempt(
+            streamed, record = await self._attempt(
                 runtime, call, role="aggregator", layer=layer, index=None, spec=spec
             )
+            answer = strip_marker_echoes(streamed, nonce)  # the stream itself is left as sent
             calls = [*self._earlier_failures(runtime), record]
         all_calls = [*state.get("calls", []), *calls]
         decision = state["decisions"][-1]

@@ -374,3 +374,15 @@ async def test_text_path_when_model_has_no_structured_output() -> None:
     out = await graph.ainvoke({"prompt": "q"})
     assert out["layers"][0]["judge"]["selected"] == [2, 0]
     assert out["layers"][0]["judge"]["fallback"] is None
+
+
+async def test_marker_lines_echoed_by_the_aggregator_are_left_out_of_the_answer() -> None:
+    def responder(call: FakeCall) -> str:
+        if call.role != "aggregator":
+            return default_responder(call)
+        nonce = re.search(r"<<<RESPONSE 1 (\w+)>>>", call.prompt).group(1)  # type: ignore[union-attr]
+        return f"<<<RESPONSE 1 {nonce}>>\nThe answer is 42.\n< <END RESPONSE 1 {nonce}> >"
+
+    graph, _ = run_graph(SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=1), responder)
+    out = await graph.ainvoke({"prompt": "q"})
+    assert out["answer"] == "The answer is 42." == out["messages"][-1].text

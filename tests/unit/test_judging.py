@@ -6,7 +6,13 @@ import re
 
 import pytest
 
-from smoa_graph.judging import format_candidates, judge_schema, parse_json_object, validate_verdict
+from smoa_graph.judging import (
+    format_candidates,
+    judge_schema,
+    parse_json_object,
+    strip_marker_echoes,
+    validate_verdict,
+)
 
 TEXTS = ["The answer is 4. Final answer: 4", "Final answer: 5", "Final answer: 4", "no idea"]
 
@@ -17,6 +23,14 @@ def test_candidates_are_delimited_with_a_content_nonce() -> None:
     assert block.count(f"<<<RESPONSE 2 {nonce}>>>") == 1
     assert format_candidates(TEXTS)[1] == nonce  # deterministic
     assert format_candidates([*TEXTS[:3], "other"])[1] != nonce
+
+
+def test_echoed_marker_lines_are_stripped_but_an_answer_is_never_emptied() -> None:
+    echoed = "<<<RESPONSE 2 ab12cd34>>>\nIt is 4.\n<<END RESPONSE 2 ab12cd34>\nSo: 4"
+    assert strip_marker_echoes(echoed, "ab12cd34") == "It is 4.\nSo: 4"
+    assert strip_marker_echoes(echoed, "ffffffff") == echoed  # another prompt's nonce: kept
+    only = "<<<RESPONSE 1 ab12cd34>>>"
+    assert strip_marker_echoes(only, "ab12cd34") == only
 
 
 def test_injected_markers_cannot_impersonate_a_response() -> None:
