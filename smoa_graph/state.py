@@ -116,15 +116,9 @@ class LayerOutput(TypedDict):
     calls: list[CallRecord]
 
 
-class LayerState(TypedDict):
-    """Private state of a layer subgraph."""
+class LayerState(LayerInput):
+    """Private state of a layer subgraph: its input, the candidates, and its records."""
 
-    question: str
-    history: NotRequired[str]
-    roles: list[str]
-    layer: int
-    selected: NotRequired[list[Candidate]]
-    critique: NotRequired[str]
     candidates: Annotated[list[Candidate], operator.add]
     layers: Annotated[list[LayerRecord], operator.add]
     calls: Annotated[list[CallRecord], operator.add]
