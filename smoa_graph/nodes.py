@@ -123,9 +123,15 @@ def _request(cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int) ->
     )
 
 
+# Output cap of judge, moderator and role-generator calls: room for the longest answer their
+# bounded schemas allow (a verdict's two 300-character strings even at a token per character),
+# so that a verdict is not cut before it closes. Typical verdicts take 50-100 tokens.
+CONTROL_MAX_TOKENS = 800
+
+
 def _control_request(cfg: SMoAConfig, spec: str | None) -> ModelRequest:
     """Judge, moderator and role generator: deterministic, short JSON answers."""
-    return _request(cfg, spec or cfg.model, cfg.control_temperature, 400)
+    return _request(cfg, spec or cfg.model, cfg.control_temperature, CONTROL_MAX_TOKENS)
 
 
 def _aggregator_request(cfg: SMoAConfig) -> ModelRequest:
