@@ -39,12 +39,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@functools.cache
+_sync_loop: asyncio.AbstractEventLoop | None = None
+_sync_loop_lock = threading.Lock()
+
+
 def _background_loop() -> asyncio.AbstractEventLoop:
-    """The event loop (on a daemon thread) that runs the nodes of sync runs."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, name="smoa-sync-nodes", daemon=True).start()
-    return loop
+    """The event loop (on a daemon thread) that runs the nodes of sync runs.
+
+    Created once under a lock: the first sync runs may start together (``batch`` runs its
+    inputs in parallel threads), and all of them must share one loop.
+    """
+    global _sync_loop
+    with _sync_loop_lock:
+        if _sync_loop is None:
+            _sync_loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=_sync_loop.run_forever, name="smoa-sync-nodes", daemon=True
+            ).start()
+        return _sync_loop
 
 
 def _run_blocking(node: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:

@@ -136,6 +136,26 @@ def test_sync_invoke_stream_and_batch() -> None:
     assert len(states) == 2 and all(ANSWER in s["answer"] for s in states)
 
 
+def test_sync_runs_started_together_share_one_background_loop() -> None:
+    """A fresh process whose first sync use is a parallel ``batch`` starts one loop thread."""
+    script = textwrap.dedent(
+        """
+        import threading
+        from smoa_graph import SMoAConfig, build_smoa_graph
+        from smoa_graph.testing import fake_factory
+
+        config = SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=1)
+        graph = build_smoa_graph(config, model_factory=fake_factory()).compile()
+        graph.batch([{"prompt": f"q{i}?"} for i in range(8)])
+        print(sum(t.name == "smoa-sync-nodes" for t in threading.enumerate()))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "1"
+
+
 async def test_tool_wrapper_for_an_agent() -> None:
     smoa, _ = make_smoa()
 
