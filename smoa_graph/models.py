@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.exceptions import ModelError
 from langchain_core.language_models import BaseChatModel
@@ -30,6 +30,9 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import SecretStr
 
 from smoa_graph.state import CallRecord
+
+if TYPE_CHECKING:
+    from smoa_graph.config import SMoAConfig
 
 LOCAL_MODEL_ALIAS = "smollm2"
 
@@ -48,6 +51,15 @@ class ModelRequest:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float | None = None
+
+    @classmethod
+    def for_config(
+        cls, cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int
+    ) -> ModelRequest:
+        """A request for ``spec`` with the endpoint, key variable and timeout of ``cfg``."""
+        return cls(
+            spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env, cfg.request_timeout_s
+        )
 
 
 ModelFactory = Callable[[ModelRequest], BaseChatModel]

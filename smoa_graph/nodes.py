@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
@@ -117,9 +116,9 @@ def _task_id(runtime: Runtime[Any]) -> str:
     return info.task_id if info is not None else ""
 
 
-def _request(cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int) -> ModelRequest:
-    return ModelRequest(
-        spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env, cfg.request_timeout_s
+def _proposer_request(cfg: SMoAConfig, index: int) -> ModelRequest:
+    return ModelRequest.for_config(
+        cfg, cfg.proposer_model(index), cfg.proposer_temperature, cfg.max_tokens
     )
 
 
@@ -131,11 +130,13 @@ CONTROL_MAX_TOKENS = 800
 
 def _control_request(cfg: SMoAConfig, spec: str | None) -> ModelRequest:
     """Judge, moderator and role generator: deterministic, short JSON answers."""
-    return _request(cfg, spec or cfg.model, cfg.control_temperature, CONTROL_MAX_TOKENS)
+    return ModelRequest.for_config(
+        cfg, spec or cfg.model, cfg.control_temperature, CONTROL_MAX_TOKENS
+    )
 
 
 def _aggregator_request(cfg: SMoAConfig) -> ModelRequest:
-    return _request(
+    return ModelRequest.for_config(
         cfg,
         cfg.aggregator_model or cfg.model,
         cfg.aggregator_temperature,
@@ -157,12 +158,6 @@ class SMoANodes:
     def config(self, runtime: Runtime[SMoAConfig]) -> SMoAConfig:
         """This run's config: the runtime context, else the builder's default."""
         return resolve_config(runtime.context, self.default_config)
-
-    def model(
-        self, cfg: SMoAConfig, spec: str, temperature: float, max_tokens: int
-    ) -> BaseChatModel:
-        """The chat model for one role, from the factory."""
-        return self.model_factory(_request(cfg, spec, temperature, max_tokens))
 
     async def _attempt(
         self,
@@ -249,10 +244,7 @@ class SMoANodes:
         once every model of ``cfg`` has been built, nothing is done.
         """
         requests = {
-            *(
-                _request(cfg, cfg.proposer_model(i), cfg.proposer_temperature, cfg.max_tokens)
-                for i in range(cfg.n_proposers)
-            ),
+            *(_proposer_request(cfg, i) for i in range(cfg.n_proposers)),
             _control_request(cfg, cfg.judge_model),
             _control_request(cfg, cfg.moderator_model),
             _aggregator_request(cfg),
@@ -389,7 +381,7 @@ class SMoANodes:
         """One proposer answers, in its role, with the previous layer's selection as references."""
         cfg = self.config(runtime)
         spec = cfg.proposer_model(task["index"])
-        model = self.model(cfg, spec, cfg.proposer_temperature, cfg.max_tokens)
+        model = self.model_factory(_proposer_request(cfg, task["index"]))
         request = _request_text(task["prompt"], task["history"])
         if task["references"]:
             responses, _ = format_candidates([c["text"] for c in task["references"]])

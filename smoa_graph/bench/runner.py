@@ -189,11 +189,7 @@ async def run_bench(
     judge = None
     if rubric_model and any(i.kind == "open" for i in items):
         base = variants[0].config
-        judge = factory(
-            ModelRequest(
-                rubric_model, 0.0, 400, base.base_url, base.api_key_env, base.request_timeout_s
-            )
-        )
+        judge = factory(ModelRequest.for_config(base, rubric_model, 0.0, 400))
     semaphore = asyncio.Semaphore(concurrency)
     lock = asyncio.Lock()
     checkpoints = out_dir / CHECKPOINTS_FILE
