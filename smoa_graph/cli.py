@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import types
@@ -23,10 +24,20 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
+from smoa_graph._compat import error_handler_name
+from smoa_graph.attempts import failed_calls
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import aprepare_resume, build_smoa_graph, sqlite_checkpointer
-from smoa_graph.models import ModelConfigError, describe_error, is_transient, redact
-from smoa_graph.nodes import AllProposersFailedError, InvalidInputError
+from smoa_graph.errors import AllProposersFailedError, InvalidInputError
+from smoa_graph.graph import build_smoa_graph, sqlite_checkpointer
+from smoa_graph.models import (
+    ModelConfigError,
+    ModelFactory,
+    describe_error,
+    is_final_answer,
+    redact,
+)
+from smoa_graph.paths import cache_dir
+from smoa_graph.resume import SelectionError, aprepare_resume, aselect
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -138,8 +149,6 @@ THREADS = ("smoa_graph", "threads")
 
 def default_checkpoint_db() -> Path:
     """``checkpoints.sqlite`` in the cache folder (``$SMOA_CACHE_DIR``, else ~/.cache)."""
-    from smoa_graph.local_server import cache_dir
-
     return cache_dir() / "checkpoints.sqlite"
 
 
@@ -149,7 +158,7 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
     for node, value in update.items():
         if not isinstance(value, dict):
             continue
-        if node in ("propose", "__error_handler__propose"):
+        if node in ("propose", error_handler_name("propose")):
             calls = value["calls"]
             call = calls[-1]
             retries = f" after {len(calls) - 1} failed attempt(s)" if len(calls) > 1 else ""
@@ -159,13 +168,13 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
                 else f"FAILED{retries}: {call['error']}"
             )
             return f"{clock} layer {call['layer']}: proposer {call['index']} done ({status})"
-        if node in ("judge", "__error_handler__judge") and value.get("layers"):
+        if node in ("judge", error_handler_name("judge")) and value.get("layers"):
             record = value["layers"][0]
             judge = record["judge"]
             how = "judge" if judge["called"] else "all kept" if not judge["fallback"] else "rule"
             note = f" (fallback: {judge['fallback']})" if judge["fallback"] else ""
             return f"{clock} layer {record['layer']}: selected {judge['selected']} by {how}{note}"
-        if node in ("moderator", "__error_handler__moderator"):
+        if node in ("moderator", error_handler_name("moderator")):
             decision = value["decisions"][0]
             verb = "stop" if decision["stop"] else "continue"
             return (
@@ -202,7 +211,7 @@ async def stream_run(
                 print(line, file=sys.stderr, flush=True)
         elif mode == "messages" and stream:
             message, metadata = chunk
-            if "smoa:final" in metadata.get("tags", []):
+            if is_final_answer(metadata):
                 print(message.text, end="", flush=True)
     if stream:
         print()
@@ -218,26 +227,6 @@ class Outcome:
     wall_s: float
     thread_id: str | None = None
     paused_before: tuple[str, ...] = ()
-
-
-async def _select(
-    graph: CompiledStateGraph[Any, Any, Any, Any], run_config: RunnableConfig, picks: list[int]
-) -> None:
-    """Replace the selection of a run paused before the aggregator (``--review``)."""
-    snapshot = await graph.aget_state(run_config)
-    if snapshot.next != ("aggregator",):
-        raise CLIError(
-            "--select: this thread is not paused before the aggregator (start it with --review)",
-            EXIT_USAGE,
-        )
-    usable = {c["index"]: c for c in snapshot.values["layers"][-1]["candidates"] if c["ok"]}
-    unknown = [i for i in picks if i not in usable]
-    if unknown or len(set(picks)) != len(picks):
-        raise CLIError(
-            f"--select: choose distinct proposers among {sorted(usable)} (got {picks})",
-            EXIT_USAGE,
-        )
-    await graph.aupdate_state(run_config, {"selected": [usable[i] for i in picks]}, "moderator")
 
 
 async def run_checkpointed(
@@ -262,10 +251,17 @@ async def run_checkpointed(
             values = {**stored.value["config"], **values}
         config = validated(SMoAConfig.model_validate, values)
         review = ["aggregator"] if args.review and question is not None else None
-        graph = build_smoa_graph(config).compile(checkpointer=saver, interrupt_before=review)
+        graph = build_smoa_graph(config, model_factory=args.model_factory).compile(
+            checkpointer=saver, interrupt_before=review
+        )
         if question is None:
             if args.select:
-                await _select(graph, run_config, args.select)
+                try:
+                    await aselect(graph, run_config, args.select)
+                except SelectionError as exc:
+                    raise CLIError(
+                        f"--select: {exc} (start it with --review)", EXIT_USAGE
+                    ) from None
             if not await aprepare_resume(graph, run_config):
                 state = (await graph.aget_state(run_config)).values
                 if not state.get("answer"):
@@ -354,7 +350,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.thread_id or args.review:
             outcome = asyncio.run(run_checkpointed(args, values, question))
         else:
-            graph = build_smoa_graph(config).compile()
+            graph = build_smoa_graph(config, model_factory=args.model_factory).compile()
             state, wall_s = asyncio.run(
                 stream_run(
                     graph,
@@ -396,7 +392,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rubric = args.rubric_model or variants[0].config.model
     rows = asyncio.run(
-        run_bench(variants, items, out, concurrency=args.concurrency, rubric_model=rubric)
+        run_bench(
+            variants,
+            items,
+            out,
+            concurrency=args.concurrency,
+            model_factory=args.model_factory,
+            rubric_model=rubric,
+        )
     )
     names = [v.name for v in variants]
     title = f"{args.dataset}: {len(items)} items, model {variants[0].config.model}"
@@ -541,21 +544,27 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, (LocalServerError, AllProposersFailedError)):
         return str(exc), EXIT_RUNTIME
     api_error = any(cls.__name__ == "APIError" for cls in type(exc).__mro__)  # OpenAI-style SDKs
-    if isinstance(exc, (ModelError, httpx.HTTPError)) or api_error or is_transient(exc):
+    from_a_call = bool(failed_calls(exc))  # a model call failed for good with it
+    if isinstance(exc, (ModelError, httpx.HTTPError)) or api_error or from_a_call:
         return f"model endpoint error: {describe_error(exc)}", EXIT_RUNTIME
     if isinstance(exc, (OSError, sqlite3.Error)):
         return describe_error(exc), EXIT_RUNTIME
     raise exc
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point."""
+def main(argv: Sequence[str] | None = None, *, model_factory: ModelFactory | None = None) -> int:
+    """Console entry point; ``model_factory`` builds the models (default: from their specs)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.model_factory = model_factory
     thread = getattr(args, "thread_id", None)
     later = f"; the run is checkpointed: go on with --resume --thread-id {thread}" if thread else ""
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # stdout closed early (`smoa graph | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as the shell reports a tool stopped by a closed pipe
     except KeyboardInterrupt:
         print(f"smoa: interrupted{later}", file=sys.stderr)
         return 130

@@ -6,18 +6,29 @@ A preset is a set of defaults, not a second code path: ``single`` is one propose
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
 
 Preset = Literal["single", "moa", "smoa"]
 ModeratorMode = Literal["consistency", "model", "hybrid", "never"]
+Role = Literal["judge", "moderator", "aggregator", "roles"]
 
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "single": {"n_proposers": 1, "k": 1, "max_layers": 1, "moderator": "never"},
     "moa": {"n_proposers": 4, "k": 4, "max_layers": 2, "moderator": "never"},
     "smoa": {"n_proposers": 4, "k": 2, "max_layers": 3, "moderator": "hybrid"},
 }
+"""Each preset's defaults for the fields a caller leaves unset."""
+
+PRESET_FIXED: dict[str, frozenset[str]] = {
+    "single": frozenset({"n_proposers", "k", "max_layers", "moderator"}),
+    "moa": frozenset({"k", "moderator"}),
+    "smoa": frozenset(),
+}
+"""Fields a preset decides itself: settings shared across presets (a bench's ``-n 6``, a run
+context's base) do not carry into them. ``moa`` keeps n and makes k follow it."""
 
 # Diverse default personas (occupation, personality, social group), cycled when n > len.
 DEFAULT_ROLES: tuple[str, ...] = (
@@ -140,28 +151,37 @@ class SMoAConfig(BaseModel):
         "or waiting for the next bytes (the whole answer when it is not streamed).",
     )
     max_attempts: int = Field(
-        3, ge=1, le=10, description="Attempts per model call on transient errors (at build)."
+        3, ge=1, le=10, description="Attempts per model call on transient errors."
     )
     retry_backoff_s: float = Field(
         0.5,
         ge=0,
         le=60,
         description="Wait before the first retry of a transient error, doubled for each further "
-        "retry; up to 1 s of random jitter is added unless it is 0 (at build).",
+        "retry; up to 1 s of random jitter is added unless it is 0.",
     )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        """Fill fields the caller left unset from the preset's defaults."""
+    def _apply_preset(cls, data: Any, handler: ModelWrapValidatorHandler[SMoAConfig]) -> Any:
+        """Fill fields the caller left unset from the preset's defaults.
+
+        ``model_fields_set`` stays the fields the caller gave (not the preset's), so that a run
+        context can say exactly which of the builder's settings it replaces.
+        """
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         preset = data.get("preset", "smoa")
         if preset not in PRESET_DEFAULTS:
             raise ValueError(
                 f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_DEFAULTS)}"
             )
-        return {**PRESET_DEFAULTS[preset], **data}
+        defaults = dict(PRESET_DEFAULTS[preset])
+        if preset == "moa" and "n_proposers" in data:
+            defaults["k"] = data["n_proposers"]  # dense: k follows n
+        config = handler({**defaults, **data})
+        object.__setattr__(config, "__pydantic_fields_set__", set(data) & set(cls.model_fields))
+        return config
 
     @model_validator(mode="after")
     def _check_consistency(self) -> SMoAConfig:
@@ -196,22 +216,50 @@ class SMoAConfig(BaseModel):
                 raise ValueError(f"{name}: must not be empty; e.g. 'local' or 'openai:gpt-4o-mini'")
         return self
 
+    @property
+    def is_single(self) -> bool:
+        """One proposer in one layer: its answer is the answer (no judge, no aggregator)."""
+        return self.n_proposers == 1 and self.max_layers == 1
+
     def proposer_model(self, index: int) -> str:
         """Model spec for proposer ``index``."""
         return self.proposer_models[index] if self.proposer_models else self.model
+
+    def model_for(self, role: Role) -> str:
+        """Model spec of a control role (judge, moderator, aggregator, roles): its own, else
+        ``model``."""
+        own = {
+            "judge": self.judge_model,
+            "moderator": self.moderator_model,
+            "aggregator": self.aggregator_model,
+            "roles": self.role_model,
+        }[role]
+        return own or self.model
+
+    def with_context(self, context: SMoAConfig | Mapping[str, Any] | None) -> SMoAConfig:
+        """This config with the fields a run context explicitly sets laid over it, validated.
+
+        LangGraph turns a dict context into ``SMoAConfig(**context)``; its ``model_fields_set``
+        says what the caller meant. A context that changes the preset takes that preset's fixed
+        fields (``PRESET_FIXED``) unless it sets them itself; everything else (models, endpoints,
+        limits) stays this config's. An empty context (Studio sends one) changes nothing.
+        """
+        if context is None:
+            return self
+        if isinstance(context, SMoAConfig):
+            given = {name: getattr(context, name) for name in context.model_fields_set}
+        else:
+            given = dict(context)
+        if not given:
+            return self
+        base = {name: getattr(self, name) for name in self.model_fields_set}
+        preset = given.get("preset", self.preset)
+        if preset != self.preset:
+            base = {k: v for k, v in base.items() if k not in PRESET_FIXED.get(preset, ())}
+        return SMoAConfig.model_validate({**base, "preset": preset, **given})
 
     def role_prompts_static(self) -> list[str]:
         """Static roles: the configured ones, else the built-in personas cycled to n."""
         if self.roles:
             return list(self.roles)
         return [DEFAULT_ROLES[i % len(DEFAULT_ROLES)] for i in range(self.n_proposers)]
-
-
-def resolve_config(value: SMoAConfig | dict[str, Any] | None, default: SMoAConfig) -> SMoAConfig:
-    """Turn a runtime context (model, dict or None) into a validated config."""
-    if not value:
-        return default
-    config = value if isinstance(value, SMoAConfig) else SMoAConfig.model_validate(value)
-    # LangGraph coerces a dict context into SMoAConfig, so the empty context that LangGraph Server
-    # (Studio) sends by default arrives as SMoAConfig(): treat it as no context.
-    return default if config == SMoAConfig() else config

@@ -1,126 +1,69 @@
 """Build the SMoA graph: prepare -> layer -> moderator -(continue)-> layer ... -(stop)-> aggregator.
 
 Each layer is a compiled subgraph: ``Send`` fans out to n parallel proposers; the judge, their
-fan-in, ends the run if none succeeded, else selects k of the survivors.
+fan-in, ends the run if none succeeded, else selects k of the survivors. Each role's node lives
+in ``smoa_graph/nodes/``; this module only wires them.
 ``build_smoa_graph`` returns an uncompiled ``StateGraph`` so callers choose checkpointer, store and
 cache; ``graph`` is compiled without a checkpointer for ``langgraph.json`` (Studio, server).
 
 Nodes are coroutines. Async runs (``ainvoke``, ``astream``) await them on the caller's loop; sync
 runs (``invoke``, ``stream``, e.g. with the sync ``SqliteSaver``) hand each one to a single
-background event loop, so both kinds of run share the same node code.
+background event loop (``sync_loop``), so both kinds of run share the same node code. Model calls
+retry transient errors inside the nodes (``attempts``); a proposer, judge or moderator that fails
+for good goes to its error handler.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.runnables import Runnable, RunnableConfig
-from langgraph._internal._runnable import RunnableCallable
+from langchain_core.runnables import Runnable
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import RetryPolicy, StateSnapshot
 
+from smoa_graph._compat import dual_node, error_handler_name
 from smoa_graph.config import SMoAConfig
-from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, is_transient
-from smoa_graph.nodes import SMoANodes, route_after_moderator
+from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory
+from smoa_graph.nodes import aggregator, judge, moderator, prepare, proposer
+from smoa_graph.nodes.kit import NodeKit
 from smoa_graph.state import LayerInput, LayerOutput, LayerState, SMoAInput, SMoAState
+from smoa_graph.sync_loop import blocking
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-T = TypeVar("T")
 
-
-_sync_loop: asyncio.AbstractEventLoop | None = None
-_sync_loop_lock = threading.Lock()
-
-
-def _background_loop() -> asyncio.AbstractEventLoop:
-    """The event loop (on a daemon thread) that runs the nodes of sync runs.
-
-    Created once under a lock: the first sync runs may start together (``batch`` runs its
-    inputs in parallel threads), and all of them must share one loop.
-    """
-    global _sync_loop
-    with _sync_loop_lock:
-        if _sync_loop is None:
-            _sync_loop = asyncio.new_event_loop()
-            threading.Thread(
-                target=_sync_loop.run_forever, name="smoa-sync-nodes", daemon=True
-            ).start()
-        return _sync_loop
-
-
-def _run_blocking(node: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """``node`` as a blocking function: its coroutine runs on the background loop.
-
-    The coroutine gets the calling thread's context (LangGraph's config, callbacks, runtime),
-    which ``run_coroutine_threadsafe`` copies; one long-lived loop keeps the async HTTP clients
-    of the models usable from one run to the next.
-    """
-
-    @functools.wraps(node)
-    def run(*args: Any, **kwargs: Any) -> T:
-        future = asyncio.run_coroutine_threadsafe(node(*args, **kwargs), _background_loop())
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
-
-    return run
-
-
-def _node(function: Callable[..., Coroutine[Any, Any, Any]]) -> Runnable[Any, Any]:
-    """An async node or routing function that sync runs can execute too.
-
-    ``RunnableCallable`` is LangGraph's own node wrapper with a sync and an async body (its
-    prebuilt ``ToolNode`` is one); it injects ``runtime`` and the like into either body.
-    """
-    return RunnableCallable(_run_blocking(function), function, name=function.__name__, trace=False)
-
-
-def _retry_policy(config: SMoAConfig) -> RetryPolicy:
-    """Retry transient errors (see ``is_transient``) with exponential backoff."""
-    return RetryPolicy(
-        max_attempts=config.max_attempts,
-        initial_interval=config.retry_backoff_s,
-        backoff_factor=2.0,
-        jitter=config.retry_backoff_s > 0,
-        retry_on=is_transient,
-    )
+def _node(function: Callable[..., Coroutine[Any, Any, Any]], name: str) -> Runnable[Any, Any]:
+    """An async node or routing function that sync runs can execute too."""
+    return dual_node(blocking(function), function, name)
 
 
 def build_layer_graph(
-    nodes: SMoANodes,
+    kit: NodeKit,
 ) -> CompiledStateGraph[LayerState, SMoAConfig, LayerInput, LayerOutput]:
     """One layer: parallel proposers (Send), their fan-in, the judge; narrow in/out schemas."""
-    config = nodes.default_config
     layer = StateGraph(
         LayerState, context_schema=SMoAConfig, input_schema=LayerInput, output_schema=LayerOutput
     )
-    # LangGraph's stub types do not describe error handlers taking (state, error, runtime)
-    layer.add_node(  # type: ignore[call-overload]
+    layer.add_node(
         "propose",
-        _node(nodes.propose),
-        retry_policy=_retry_policy(config),
-        error_handler=nodes.proposer_failed,
+        _node(partial(proposer.propose, kit), "propose"),
+        error_handler=partial(proposer.proposer_failed, kit),
     )
-    layer.add_node(  # type: ignore[call-overload]
+    layer.add_node(
         "judge",
-        _node(nodes.judge),
-        retry_policy=_retry_policy(config),
-        error_handler=nodes.judge_failed,
+        _node(partial(judge.judge, kit), "judge"),
+        error_handler=partial(judge.judge_failed, kit),
     )
-    layer.add_conditional_edges(START, _node(nodes.fan_out), ["propose"])
+    layer.add_conditional_edges(
+        START, _node(partial(proposer.fan_out, kit), "fan_out"), ["propose"]
+    )
     layer.add_edge("propose", "judge")
     layer.add_edge("judge", END)
     return layer.compile(name="smoa_layer")
@@ -131,26 +74,32 @@ def build_smoa_graph(
 ) -> StateGraph[SMoAState, SMoAConfig, SMoAInput, SMoAState]:
     """The SMoA workflow, uncompiled.
 
-    ``config`` is the default for runs that pass no ``context`` (its timeout and retry settings
-    are fixed here); ``model_factory`` builds chat models from specs (tests inject fakes).
+    Args:
+        config: the configuration of runs that pass no ``context``; a run's ``context`` lays the
+            fields it sets over it (``SMoAConfig.with_context``).
+        model_factory: builds a chat model from a ``ModelRequest`` (tests inject fakes); default:
+            ``default_model_factory`` (model specs such as ``"local"``, ``"openai:gpt-4o-mini"``).
+
+    Returns:
+        A ``StateGraph`` to compile with the checkpointer, store and cache of your choice.
     """
-    config = config or SMoAConfig()
-    nodes = SMoANodes(config, model_factory or default_model_factory)
+    kit = NodeKit(config or SMoAConfig(), model_factory or default_model_factory)
     builder = StateGraph(SMoAState, context_schema=SMoAConfig, input_schema=SMoAInput)
-    builder.add_node("prepare", _node(nodes.prepare), retry_policy=_retry_policy(config))
-    builder.add_node("layer", build_layer_graph(nodes))
-    builder.add_node(  # type: ignore[call-overload]  # error handler, as in the layer
+    builder.add_node("prepare", _node(partial(prepare.prepare, kit), "prepare"))
+    builder.add_node("layer", build_layer_graph(kit))
+    builder.add_node(
         "moderator",
-        _node(nodes.moderate),
-        retry_policy=_retry_policy(config),
-        error_handler=nodes.moderator_failed,
+        _node(partial(moderator.moderate, kit), "moderator"),
+        error_handler=partial(moderator.moderator_failed, kit),
     )
-    builder.add_node("aggregator", _node(nodes.aggregate), retry_policy=_retry_policy(config))
+    builder.add_node("aggregator", _node(partial(aggregator.aggregate, kit), "aggregator"))
     builder.add_edge(START, "prepare")
     builder.add_edge("prepare", "layer")
     builder.add_edge("layer", "moderator")
     builder.add_conditional_edges(
-        "moderator", _node(route_after_moderator), ["layer", "aggregator"]
+        "moderator",
+        _node(moderator.route_after_moderator, "route_after_moderator"),
+        ["layer", "aggregator"],
     )
     builder.add_edge("aggregator", END)
     return builder
@@ -169,36 +118,6 @@ async def sqlite_checkpointer(path: str | Path) -> AsyncIterator[AsyncSqliteSave
         await saver.setup()
         await saver.conn.execute("PRAGMA synchronous=NORMAL")
         yield saver
-
-
-def _restarts_layer(snapshot: StateSnapshot) -> bool:
-    """A layer whose proposers all failed would fail the same way: it starts afresh instead."""
-    return any(task.name == "layer" and task.error for task in snapshot.tasks)
-
-
-async def aprepare_resume(
-    compiled: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig
-) -> bool:
-    """Ready a checkpointed thread for ``ainvoke(None, config)``; False if no run is pending.
-
-    A run stopped mid-step (process killed, error, ``interrupt_before``) goes on from its last
-    checkpoint: tasks that finished keep their writes and are not run again. A layer whose
-    proposers all failed is restarted from scratch.
-    """
-    snapshot = await compiled.aget_state(config)
-    if snapshot.next and _restarts_layer(snapshot):
-        await compiled.aupdate_state(config, None, as_node="prepare")  # a fresh layer task
-    return bool(snapshot.next)
-
-
-def prepare_resume(
-    compiled: CompiledStateGraph[Any, Any, Any, Any], config: RunnableConfig
-) -> bool:
-    """``aprepare_resume`` for sync runs: ready the thread for ``invoke(None, config)``."""
-    snapshot = compiled.get_state(config)
-    if snapshot.next and _restarts_layer(snapshot):
-        compiled.update_state(config, None, as_node="prepare")
-    return bool(snapshot.next)
 
 
 graph = build_smoa_graph().compile(name="smoa")
@@ -229,7 +148,7 @@ def draw_mermaid(compiled: CompiledStateGraph[Any, Any, Any, Any] = graph) -> st
     layer = dict(compiled.get_subgraphs())["layer"].get_graph()
     for drawn in (top, layer):
         for name, target in _HANDLER_TARGETS.items():
-            handler = drawn.nodes.get(f"__error_handler__{name}")
+            handler = drawn.nodes.get(error_handler_name(name))
             if handler is not None:
                 drawn.add_edge(drawn.nodes[name], handler, "error", conditional=True)
                 drawn.add_edge(handler, drawn.nodes[target], conditional=True)

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smoa_graph.answers import extract_final_answer, json_objects
-
-REASONING_MAX_CHARS = 300
-CRITIQUE_MAX_CHARS = 300
+from smoa_graph.schemas import CRITIQUE_MAX_CHARS, REASONING_MAX_CHARS
 
 
 def _defuse(text: str) -> str:
@@ -43,55 +41,6 @@ def strip_marker_echoes(text: str, nonce: str) -> str:
     """
     kept = "\n".join(line for line in text.splitlines() if nonce not in line).strip()
     return kept or text.strip()
-
-
-def judge_schema(m: int, k: int, with_stop: bool) -> dict[str, Any]:
-    """Bounded JSON schema of a verdict choosing k of m candidates (1-based)."""
-    properties: dict[str, Any] = {
-        "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
-        "chosen": {
-            "type": "array",
-            "items": {"type": "integer", "enum": list(range(1, m + 1))},
-            "minItems": k,
-            "maxItems": k,
-        },
-        "critique": {"type": "string", "maxLength": CRITIQUE_MAX_CHARS},
-    }
-    if with_stop:
-        properties["stop"] = {"type": "boolean"}
-    return {
-        "title": "judge_verdict",
-        "description": f"The {k} best of {m} responses, by number.",
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-
-
-def judge_format(k: int, with_stop: bool) -> str:
-    """The JSON shape shown in the judge prompt."""
-    numbers = ", ".join(f"<number {j}>" for j in range(1, k + 1))
-    stop = ', "stop": <true if these are good and consistent enough to stop>' if with_stop else ""
-    return (
-        f'{{"reasoning": "<one or two sentences>", "chosen": [{numbers}], '
-        f'"critique": "<what the next round should fix>"{stop}}}'
-    )
-
-
-MODERATOR_SCHEMA: dict[str, Any] = {
-    "title": "moderator_verdict",
-    "description": "Whether to stop the rounds now.",
-    "type": "object",
-    "properties": {
-        "reason": {"type": "string", "maxLength": 200},
-        "quality": {"type": "integer", "enum": list(range(1, 11))},
-        "stop": {"type": "boolean"},
-    },
-    "required": ["reason", "quality", "stop"],
-    "additionalProperties": False,
-}
-MODERATOR_FORMAT = '{"reason": "<one sentence>", "quality": <1-10>, "stop": <true or false>}'
 
 
 def parse_json_object(parsed: Any, text: str) -> dict[str, Any] | None:

@@ -33,6 +33,8 @@ from typing import Any, Self
 
 from typing_extensions import TypedDict, Unpack
 
+from smoa_graph.paths import cache_dir
+
 MODEL_ALIAS = "smollm2"
 """Model name under which the local server answers (``ChatOpenAI(model=MODEL_ALIAS)``)."""
 
@@ -61,12 +63,6 @@ class ServerOptions(TypedDict, total=False):
     parallel: int
     ctx_size: int | None
     startup_timeout: float
-
-
-def cache_dir() -> Path:
-    """Directory for the state file and server logs (``SMOA_CACHE_DIR``, else ~/.cache)."""
-    env = os.environ.get("SMOA_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "smoa_graph"
 
 
 def _bundled_binary() -> Path | None:

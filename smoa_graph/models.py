@@ -5,7 +5,10 @@ A model spec is one of:
 - ``"provider:model"`` (e.g. ``"openai:gpt-4o-mini"``): LangChain's ``init_chat_model``;
 - ``"model@http://host:port/v1"``: any OpenAI-compatible endpoint;
 - a plain model name, served by the configured ``base_url``;
-- ``"fake"``: a canned offline model (``smoa_graph.testing``) for demos and tests.
+- ``"fake"``: a canned offline model (``smoa_graph.fake``) for demos and tests.
+
+The factory builds a new model per call; the graph keeps one per event loop (each remote model
+gets HTTP clients of its own, since an async client belongs to the loop that opened it).
 
 API keys come from the environment only (``api_key_env``, or the provider's own variable); they
 are held as ``SecretStr`` by the chat model and never enter a ``ModelRequest``, the state or a
@@ -19,7 +22,6 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.exceptions import ModelError
@@ -34,7 +36,8 @@ from smoa_graph.state import CallRecord
 if TYPE_CHECKING:
     from smoa_graph.config import SMoAConfig
 
-LOCAL_MODEL_ALIAS = "smollm2"
+FINAL_ANSWER_TAG = "smoa:final"
+"""Tag of the model call that writes the final answer (``stream_mode="messages"`` consumers)."""
 
 
 class ModelConfigError(ValueError):
@@ -112,8 +115,26 @@ def describe_error(error: BaseException | str) -> str:
     return redact(" ".join(text.split()))[:500]
 
 
+def _own_http_clients(keepalive: bool = True) -> dict[str, Any]:
+    """HTTP clients for one model, not LangChain's process-wide shared ones.
+
+    An async client's pooled connections belong to the event loop that opened them, so a
+    model used on another loop (a sync run's background loop, a new ``asyncio.run``) needs its
+    own. ``keepalive=False`` opens a fresh connection per request: llama-server closes idle
+    keep-alive connections after 5 s, the age at which httpx stops reusing them; on loopback a
+    new connection costs well under a millisecond.
+    """
+    import httpx
+
+    limits = httpx.Limits() if keepalive else httpx.Limits(max_keepalive_connections=0)
+    return {
+        "http_client": httpx.Client(limits=limits),
+        "http_async_client": httpx.AsyncClient(limits=limits),
+    }
+
+
 def _openai_compatible(
-    request: ModelRequest, model: str, base_url: str, api_key: str, **clients: Any
+    request: ModelRequest, model: str, base_url: str, api_key: str, *, keepalive: bool = True
 ) -> Any:
     from langchain_openai import ChatOpenAI
 
@@ -125,42 +146,22 @@ def _openai_compatible(
         max_tokens=request.max_tokens,
         timeout=request.timeout_s,
         stream_usage=True,
-        max_retries=0,  # retries belong to the graph's RetryPolicy
-        **clients,
+        max_retries=0,  # retries belong to the graph (smoa_graph.attempts)
+        **_own_http_clients(keepalive),
     )
 
 
-def _no_keepalive_clients() -> dict[str, Any]:
-    """HTTP clients that open a fresh loopback connection per request.
-
-    llama-server closes idle keep-alive connections after 5 s, the same age at which httpx
-    stops reusing them, and a pooled connection outlives the event loop that opened it (each
-    ``asyncio.run``); reusing one fails with a connection error. On loopback a new connection
-    costs well under a millisecond.
-    """
-    import httpx
-
-    limits = httpx.Limits(max_keepalive_connections=0)
-    return {
-        "http_client": httpx.Client(limits=limits),
-        "http_async_client": httpx.AsyncClient(limits=limits),
-    }
-
-
-@lru_cache(maxsize=256)
 def default_model_factory(request: ModelRequest) -> BaseChatModel:
-    """Build (once per distinct request) the chat model a spec names."""
+    """Build the chat model a spec names (no call is made)."""
     spec = request.spec.strip()
     key = os.environ.get(request.api_key_env) or "not-needed"
     if spec == "local" or spec.startswith("local:"):
-        from smoa_graph.local_server import ensure_local_server
+        from smoa_graph.local_server import MODEL_ALIAS, ensure_local_server
 
         base_url = ensure_local_server()
-        return _openai_compatible(
-            request, LOCAL_MODEL_ALIAS, base_url, "local", **_no_keepalive_clients()
-        )
+        return _openai_compatible(request, MODEL_ALIAS, base_url, "local", keepalive=False)
     if spec == "fake":
-        from smoa_graph.testing import FakeChatModel
+        from smoa_graph.fake import FakeChatModel
 
         return FakeChatModel(spec="fake", record=False)
     if "@" in spec:
@@ -180,6 +181,7 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
         )
     from langchain.chat_models import init_chat_model
 
+    clients = _own_http_clients() if spec.startswith("openai:") else {}
     try:
         return init_chat_model(
             spec,
@@ -187,6 +189,7 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
             max_tokens=request.max_tokens,
             timeout=request.timeout_s,
             max_retries=0,
+            **clients,
         )
     except ImportError as exc:
         raise ModelConfigError(
@@ -194,6 +197,11 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
         ) from None
     except Exception as exc:  # provider SDKs raise their own types for a missing key
         raise ModelConfigError(f"model {spec!r}: {redact(str(exc))}") from None
+
+
+def is_final_answer(metadata: dict[str, Any]) -> bool:
+    """Whether a ``messages``-mode stream chunk comes from the call writing the final answer."""
+    return FINAL_ANSWER_TAG in metadata.get("tags", [])
 
 
 def model_name(model: BaseChatModel, spec: str) -> str:
@@ -209,7 +217,7 @@ def call_config(role: str, layer: int, index: int | None, final: bool = False) -
     """Tags and metadata that let stream consumers tell model calls apart."""
     tags = [f"smoa:{role}", f"smoa:layer:{layer}"]
     if final:
-        tags.append("smoa:final")
+        tags.append(FINAL_ANSWER_TAG)
     return {
         "tags": tags,
         "metadata": {

@@ -16,7 +16,7 @@ PROMPT_VARIABLES: dict[str, frozenset[str]] = {
     "judge": frozenset({"n", "k", "nonce", "moderation", "prompt", "responses", "format"}),
     "moderator": frozenset({"layer", "max_layers", "nonce", "prompt", "responses", "format"}),
     "aggregator": frozenset({"prompt", "responses"}),
-    "roles": frozenset({"n", "task_description", "task_requirement"}),
+    "roles": frozenset({"n", "task_description", "task_requirement", "format"}),
 }
 
 _HERE = Path(__file__).resolve().parent
@@ -47,3 +47,10 @@ def render(name: str, **variables: object) -> str:
     if set(variables) != expected:
         raise TypeError(f"prompt {name!r} takes {sorted(expected)}, got {sorted(variables)}")
     return load_template(name).substitute({k: str(v) for k, v in variables.items()})
+
+
+def request_text(prompt: str, history: str) -> str:
+    """The user's request, with the earlier turns of the chat when there are any."""
+    if not history:
+        return prompt
+    return f"Conversation so far:\n{history}\n\nCurrent request:\n{prompt}"

@@ -24,10 +24,16 @@ from tqdm.asyncio import tqdm
 
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
-from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import aprepare_resume, build_smoa_graph, sqlite_checkpointer
-from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, describe_error
-from smoa_graph.state import SMoAInput
+from smoa_graph.config import PRESET_FIXED, SMoAConfig
+from smoa_graph.graph import build_smoa_graph, sqlite_checkpointer
+from smoa_graph.models import (
+    ModelFactory,
+    ModelRequest,
+    default_model_factory,
+    describe_error,
+    is_final_answer,
+)
+from smoa_graph.resume import aresume_or_start
 
 RESULTS_FILE = "results.jsonl"
 CHECKPOINTS_FILE = "checkpoints.sqlite"
@@ -39,13 +45,6 @@ class Variant:
 
     name: str
     config: SMoAConfig
-
-
-# Fields a preset fixes: shared settings (e.g. -n 6) do not reach these presets.
-_PRESET_FIXED = {
-    "single": {"n_proposers", "k", "max_layers", "moderator"},
-    "moa": {"k", "moderator"},
-}
 
 
 def parse_variant(text: str, base: dict[str, Any]) -> Variant:
@@ -63,10 +62,8 @@ def parse_variant(text: str, base: dict[str, Any]) -> Variant:
                 raise ValueError(f"variant {text!r}: expected field=value, got {pair!r}")
             fields[key.strip()] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
     else:
-        fields = {k: v for k, v in base.items() if k not in _PRESET_FIXED.get(name, set())}
+        fields = {k: v for k, v in base.items() if k not in PRESET_FIXED.get(name, ())}
         fields["preset"] = name
-        if name == "moa" and "n_proposers" in fields:
-            fields["k"] = fields["n_proposers"]
     return Variant(name, SMoAConfig.model_validate(fields))
 
 
@@ -89,7 +86,7 @@ def load_done(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
 def _is_final_token(chunk: tuple[Any, dict[str, Any]]) -> bool:
     """A non-empty token of the model call that writes the final answer."""
     message, metadata = chunk
-    return bool(message.text) and "smoa:final" in metadata.get("tags", [])
+    return bool(message.text) and is_final_answer(metadata)
 
 
 def thread_id(variant: Variant, item: BenchItem) -> str:
@@ -119,12 +116,10 @@ async def run_one(
     ttft: float | None = None
     chunk: Any
     try:
-        inputs: SMoAInput | None = {"prompt": item.prompt}
+        inputs: Any = {"prompt": item.prompt}
         if checkpointer is not None:
-            if await aprepare_resume(graph, run_config):
-                inputs, row["resumed"] = None, True
-            else:  # a fresh run: no earlier turn may become chat history
-                await checkpointer.adelete_thread(thread_id(variant, item))
+            inputs = await aresume_or_start(graph, run_config, {"prompt": item.prompt})
+            row["resumed"] = inputs is None
         async for namespace, mode, chunk in graph.astream(
             inputs, run_config, stream_mode=["messages", "values"], subgraphs=True
         ):

@@ -6,19 +6,17 @@ llama-server of our own that is killed mid-run); nothing else is contacted.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from smoa_graph import AllProposersFailedError, SMoAConfig, build_smoa_graph
+from smoa_graph import testing as faults
 from smoa_graph.cli import main
 from smoa_graph.local_server import (
     LocalServer,
@@ -28,20 +26,6 @@ from smoa_graph.local_server import (
     free_port,
 )
 
-
-def load_faults() -> ModuleType:
-    """Import benchmarks/faults.py (not a package) once."""
-    if "faults_bench" not in sys.modules:
-        script = Path(__file__).resolve().parents[2] / "benchmarks" / "faults.py"
-        spec = importlib.util.spec_from_file_location("faults_bench", script)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["faults_bench"]
-
-
-faults = load_faults()
 BOUNDS = ["--max-attempts", "2", "--retry-backoff-s", "0.2", "--request-timeout-s", "1"]
 BOUNDS += ["--proposer-timeout-s", "5"]
 BOUND_CONFIG = SMoAConfig(

@@ -25,7 +25,7 @@ from smoa_graph import AllProposersFailedError, SMoAConfig, build_smoa_graph
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.runner import CHECKPOINTS_FILE, parse_variant, run_bench
 from smoa_graph.cli import main
-from smoa_graph.graph import aprepare_resume, prepare_resume
+from smoa_graph.resume import aprepare_resume, prepare_resume
 from smoa_graph.testing import FakeCall, default_responder, fake_factory
 
 THREAD: Any = {"configurable": {"thread_id": "t"}}
@@ -100,11 +100,9 @@ def roles_called(factory: Any) -> Counter[tuple[str, int | None]]:
 
 
 @pytest.fixture
-def fresh_models(monkeypatch: pytest.MonkeyPatch) -> Any:
+def fresh_models() -> Any:
     """The CLI's models, as one recording fake for every spec."""
-    factory = fake_factory()
-    monkeypatch.setattr("smoa_graph.graph.default_model_factory", factory)
-    return factory
+    return fake_factory()
 
 
 def kill_after_the_fast_proposers(tmp_path: Path, worker: str, argv: list[str]) -> None:
@@ -135,7 +133,7 @@ RESUMED_CALLS = {
 
 
 def test_a_killed_ask_resumes_without_repeating_finished_calls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "c.sqlite"
     argv = ["ask", "What is 6*7?", "--model", "fast", "-n", "4", "-k", "2", "--layers", "1"]
@@ -144,8 +142,8 @@ def test_a_killed_ask_resumes_without_repeating_finished_calls(
         tmp_path, CLI_WORKER, [*argv, "--thread-id", "t", "--checkpoint-db", str(db)]
     )
     factory = fake_factory()
-    monkeypatch.setattr("smoa_graph.graph.default_model_factory", factory)
-    code = main(["ask", "--resume", "--thread-id", "t", "--checkpoint-db", str(db), "--json"])
+    resume = ["ask", "--resume", "--thread-id", "t", "--checkpoint-db", str(db), "--json"]
+    code = main(resume, model_factory=factory)
     out, err = capsys.readouterr()
     assert code == 0, err
     made = Counter((c.role, c.index) for m in factory.models.values() for c in m.calls)
@@ -259,17 +257,29 @@ def test_cli_review_then_resume_with_a_new_selection(
 ) -> None:
     db = ["--checkpoint-db", str(tmp_path / "c.sqlite")]
     ask = ["ask", "q", "--model", "fake", "-n", "3", "-k", "2", "--quiet", *db]
-    assert main([*ask, "--review", "--thread-id", "r"]) == 0
+    assert main([*ask, "--review", "--thread-id", "r"], model_factory=fresh_models) == 0
     out = capsys.readouterr().out
     assert "paused before the aggregator" in out and " * proposer 0: " in out
     assert "go on with: smoa ask --resume --thread-id r --checkpoint-db" in out
     assert roles_called(fresh_models)[("aggregator", None)] == 0
     # a new question cannot start on a thread with a run pending
-    assert main([*ask, "--thread-id", "r"]) == 2
+    assert main([*ask, "--thread-id", "r"], model_factory=fresh_models) == 2
     assert "unfinished run" in capsys.readouterr().err
-    assert main(["ask", "--resume", "--thread-id", "r", "--select", "9", *db]) == 2
+    assert (
+        main(
+            model_factory=fresh_models,
+            argv=["ask", "--resume", "--thread-id", "r", "--select", "9", *db],
+        )
+        == 2
+    )
     assert "choose distinct proposers among [0, 1, 2]" in capsys.readouterr().err
-    assert main(["ask", "--resume", "--thread-id", "r", "--select", "2", "--json", *db]) == 0
+    assert (
+        main(
+            model_factory=fresh_models,
+            argv=["ask", "--resume", "--thread-id", "r", "--select", "2", "--json", *db],
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert [c["index"] for c in data["selected"]] == [2] and data["paused_before"] == []
     aggregator = next(c for c in fresh_models.models["fake"].calls if c.role == "aggregator")

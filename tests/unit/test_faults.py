@@ -7,14 +7,12 @@ and model strings. Fault-injecting models come from ``benchmarks/faults.py``.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -27,29 +25,16 @@ from smoa_graph import (
     AllProposersFailedError,
     InvalidInputError,
     ModelConfigError,
+    ModelRequest,
     SMoAConfig,
     build_smoa_graph,
 )
+from smoa_graph import testing as faults
 from smoa_graph.cli import main
+from smoa_graph.errors import AttemptTimeoutError, UnusableResponseError
 from smoa_graph.models import is_transient
-from smoa_graph.nodes import AttemptTimeoutError, UnusableResponseError
 from smoa_graph.testing import FakeCall, default_responder, disagreeing_responder, fake_factory
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "faults.py"
-
-
-def load_faults() -> ModuleType:
-    """Import benchmarks/faults.py (not a package) once."""
-    if "faults_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("faults_bench", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while being created
-        spec.loader.exec_module(module)
-    return sys.modules["faults_bench"]
-
-
-faults = load_faults()
 FAST = {"model": "fake", "retry_backoff_s": 0.0}
 
 
@@ -375,22 +360,28 @@ async def test_the_same_injection_works_without_defusing(monkeypatch: pytest.Mon
 # -- bad input ---------------------------------------------------------------------------------
 
 
+class RecordingFactory:
+    """A fake model factory that remembers the spec of every model it builds."""
+
+    def __init__(self) -> None:
+        self.specs: list[str] = []
+        self._fakes = fake_factory()
+
+    def __call__(self, request: ModelRequest) -> Any:
+        self.specs.append(request.spec)
+        return self._fakes(request)
+
+
 @pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Specs of every model the CLI builds (none must be built for rejected input)."""
-    specs: list[str] = []
-    factory = fake_factory()
-
-    def recording(request: Any) -> Any:
-        specs.append(request.spec)
-        return factory(request)
-
-    monkeypatch.setattr("smoa_graph.graph.default_model_factory", recording)
-    return specs
+def built() -> RecordingFactory:
+    """The CLI's model factory: none must be built for rejected input."""
+    return RecordingFactory()
 
 
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
+def run_cli(
+    argv: list[str], capsys: pytest.CaptureFixture[str], factory: Any = None
+) -> tuple[int, str, str]:
+    code = main(argv, model_factory=factory)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -408,27 +399,27 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 def test_bad_stdin_is_one_line_exit_2_and_no_model(
     stdin: bytes,
     message: str,
-    built: list[str],
+    built: RecordingFactory,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code, out, err = run_cli(["ask", "-", "--model", "fake"], capsys)
+    code, out, err = run_cli(["ask", "-", "--model", "fake"], capsys, built)
     assert code == 2 and out == ""
     assert err.startswith("smoa: error: ") and message in err and err.count("\n") == 1
-    assert built == []
+    assert built.specs == []
 
 
 def test_a_1mb_argument_is_rejected_before_any_model(
-    built: list[str], capsys: pytest.CaptureFixture[str]
+    built: RecordingFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(["ask", "y" * 1_000_000, "--model", "fake"], capsys)
+    code, _, err = run_cli(["ask", "y" * 1_000_000, "--model", "fake"], capsys, built)
     assert code == 2 and "prompt: 1000000 characters is over max_prompt_chars=200000" in err
-    assert built == []
+    assert built.specs == []
 
 
 def test_control_characters_are_stripped(
-    built: list[str], capsys: pytest.CaptureFixture[str]
+    built: RecordingFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, _ = run_cli(
         ["ask", "\x00What\x07 is\x1b 6*7?\x7f", "--model", "fake", "--json"], capsys
@@ -437,11 +428,12 @@ def test_control_characters_are_stripped(
 
 
 def test_an_argument_that_is_not_unicode_is_rejected(
-    built: list[str], capsys: pytest.CaptureFixture[str]
+    built: RecordingFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(["ask", "caf\udce9?", "--model", "fake"], capsys)  # undecodable argv
+    argv = ["ask", "caf\udce9?", "--model", "fake"]  # undecodable argv
+    code, _, err = run_cli(argv, capsys, built)
     assert code == 2 and "prompt: not valid Unicode text (character 3)" in err
-    assert built == []
+    assert built.specs == []
 
 
 async def test_library_rejects_a_huge_prompt_before_building_a_model() -> None:
@@ -467,14 +459,14 @@ def test_config_file_faults(
     content: bytes,
     message: str,
     tmp_path: Path,
-    built: list[str],
+    built: RecordingFactory,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = tmp_path / "config.json"
     path.write_bytes(content)
-    code, _, err = run_cli(["ask", "q", "--config", str(path)], capsys)
+    code, _, err = run_cli(["ask", "q", "--config", str(path)], capsys, built)
     assert code == 2 and message in err and err.count("\n") == 1
-    assert built == []
+    assert built.specs == []
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import pytest
 
 from smoa_graph.judging import (
     format_candidates,
-    judge_schema,
     parse_json_object,
     strip_marker_echoes,
     validate_verdict,
 )
+from smoa_graph.schemas import judge_schema
 
 TEXTS = ["The answer is 4. Final answer: 4", "Final answer: 5", "Final answer: 4", "no idea"]
 

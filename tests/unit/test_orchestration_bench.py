@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "orchestration.py"
-
-
-def load_script() -> ModuleType:
-    """Import benchmarks/orchestration.py (not a package) as a module."""
-    spec = importlib.util.spec_from_file_location("orchestration_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_script()
+from smoa_graph.bench import orchestration as bench
 
 
 @pytest.fixture(scope="module")

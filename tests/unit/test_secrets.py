@@ -1,9 +1,10 @@
 """API keys stay secret: a sentinel key goes to the endpoint and nowhere else.
 
-A loopback OpenAI-compatible server (``benchmarks/faults.py``) answers the real ``ChatOpenAI``
-path offline. Every output is scanned for the key: final state, checkpoint and store files,
-``--json`` stdout and stderr, error messages (the server echoes the Authorization header back in
-its 401 body, as a careless server would), call records and every log record at DEBUG level.
+A loopback OpenAI-compatible server (``smoa_graph.testing.ScriptedEndpoint``) answers the real
+``ChatOpenAI`` path offline. Every output is scanned for the key: final state, checkpoint and
+store files, ``--json`` stdout and stderr, error messages (the server echoes the Authorization
+header back in its 401 body, as a careless server would), call records and every log record at
+DEBUG level.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from pydantic import SecretStr
-from test_faults import load_faults
 
 from smoa_graph import (
     AllProposersFailedError,
@@ -26,10 +26,10 @@ from smoa_graph import (
     build_smoa_graph,
     default_model_factory,
 )
+from smoa_graph import testing as faults
 from smoa_graph.cli import main
 from smoa_graph.models import redact
 
-faults = load_faults()
 SENTINEL = "sk-SENTINEL-3f9a1c7e5b2d4f6a8c0e"
 SMALL = {"n_proposers": 2, "k": 1, "max_attempts": 1}
 

@@ -1,0 +1,108 @@
+"""Proposers: n agents answer in parallel, each in its own role.
+
+Layer 1 sees the question; a later layer sees the question plus the responses the judge selected
+in the layer before (and its critique). A proposer that fails for good is recorded as a failed
+candidate and the layer goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langgraph.errors import NodeError
+from langgraph.runtime import Runtime
+from langgraph.types import Command, Send
+
+from smoa_graph.attempts import CallAttempts, failure_records
+from smoa_graph.config import SMoAConfig
+from smoa_graph.errors import UnusableResponseError
+from smoa_graph.judging import format_candidates
+from smoa_graph.models import stream_text
+from smoa_graph.nodes.kit import NodeKit, proposer_request
+from smoa_graph.prompts import render, request_text
+from smoa_graph.state import Candidate, LayerState, ProposerTask
+
+
+def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
+    """What proposer ``task['index']`` is shown: its role, the request, the references."""
+    request = request_text(task["prompt"], task["history"])
+    if task["references"]:
+        responses, _ = format_candidates([c["text"] for c in task["references"]])
+        critique = f"\nJudge's notes on the previous round: {task['critique']}\n"
+        request = render(
+            "references",
+            prompt=request,
+            critique=critique if task["critique"] else "",
+            responses=responses,
+        )
+    return [SystemMessage(render("proposer", role=task["role"])), HumanMessage(request)]
+
+
+async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[SMoAConfig]) -> list[Send]:
+    """One ``Send`` per proposer; all run in the same superstep, concurrently."""
+    cfg = kit.config(runtime)
+    return [
+        Send(
+            "propose",
+            ProposerTask(
+                index=i,
+                role=state["roles"][i],
+                prompt=state["question"],
+                history=state.get("history", ""),
+                layer=state["layer"] + 1,
+                references=state.get("selected") or [],
+                critique=state.get("critique", "") if cfg.forward_critique else "",
+            ),
+        )
+        for i in range(cfg.n_proposers)
+    ]
+
+
+async def propose(kit: NodeKit, task: ProposerTask, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+    """One proposer answers, in its role, with the previous layer's selection as references."""
+    cfg = kit.config(runtime)
+    layer, index = task["layer"], task["index"]
+    request = proposer_request(cfg, index)
+    model = kit.model(request)
+    messages = proposer_messages(task)
+    attempts = CallAttempts(
+        cfg, "proposer", layer, index, request.spec, timeout_s=cfg.proposer_timeout_s
+    )
+    text, record = await attempts.run(
+        lambda: stream_text(
+            model,
+            messages,
+            spec=request.spec,
+            role="proposer",
+            layer=layer,
+            index=index,
+            final=cfg.is_single,
+        )
+    )
+    if not any(ch.isalnum() for ch in text):
+        error = UnusableResponseError(f"no usable text in the response ({text[:40]!r})")
+        attempts.reject(record, error)
+    candidate = Candidate(
+        index=index, role=task["role"], model=record["model"], text=text, ok=True, error=None
+    )
+    return {"candidates": [candidate], "calls": attempts.succeeded(record)}
+
+
+def proposer_failed(
+    kit: NodeKit, task: ProposerTask, error: NodeError, runtime: Runtime[SMoAConfig]
+) -> Command[Literal["judge"]]:
+    """Error handler: record the failed proposer and its attempts; the layer goes on."""
+    spec = kit.config(runtime).proposer_model(task["index"])
+    calls = failure_records(
+        error.error, role="proposer", layer=task["layer"], index=task["index"], spec=spec
+    )
+    candidate = Candidate(
+        index=task["index"],
+        role=task["role"],
+        model=spec,
+        text="",
+        ok=False,
+        error=calls[-1]["error"],
+    )
+    return Command(update={"candidates": [candidate], "calls": calls}, goto="judge")
