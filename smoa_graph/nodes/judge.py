@@ -91,7 +91,7 @@ def judge_prompt(
     )
 
 
-async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> dict[str, Any]:
     """Keep the best k of this layer's successful responses (all of them when <= k)."""
     cfg = kit.config(runtime)
     layer, candidates, ok, k = survivors(state, cfg)
@@ -107,7 +107,7 @@ async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[SMoAConfig]) -
 
 
 def judge_failed(
-    kit: NodeKit, state: LayerState, error: NodeError, runtime: Runtime[SMoAConfig]
+    kit: NodeKit, state: LayerState, error: NodeError, runtime: Runtime[Any]
 ) -> dict[str, Any]:
     """Error handler: the judge's call failed for good, so its deterministic rule selects."""
     cfg = kit.config(runtime)

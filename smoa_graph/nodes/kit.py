@@ -16,6 +16,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage
 from langgraph.runtime import Runtime
+from pydantic import BaseModel
 
 from smoa_graph.attempts import CallAttempts
 from smoa_graph.config import Role, SMoAConfig
@@ -68,7 +69,7 @@ def all_requests(cfg: SMoAConfig) -> set[ModelRequest]:
 
 
 def _context_key(context: Any) -> str:
-    if isinstance(context, SMoAConfig):
+    if isinstance(context, BaseModel):
         context = {name: getattr(context, name) for name in context.model_fields_set}
     return json.dumps(context, sort_keys=True, default=str)
 
@@ -84,7 +85,7 @@ class NodeKit:
         asyncio.AbstractEventLoop, dict[ModelRequest, BaseChatModel]
     ] = field(default_factory=weakref.WeakKeyDictionary, repr=False)
 
-    def config(self, runtime: Runtime[SMoAConfig]) -> SMoAConfig:
+    def config(self, runtime: Runtime[Any]) -> SMoAConfig:
         """This run's config: the builder's, with the fields the run context sets laid over it."""
         context = runtime.context
         if context is None:

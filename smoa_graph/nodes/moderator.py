@@ -55,7 +55,7 @@ def decide(cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
     return decision, True
 
 
-async def moderate(kit: NodeKit, state: SMoAState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+async def moderate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
     """Decide stop/continue after a layer and record why."""
     cfg = kit.config(runtime)
     decision, vote_needed = decide(cfg, state)
@@ -93,7 +93,7 @@ async def model_vote(
 
 
 def moderator_failed(
-    kit: NodeKit, state: SMoAState, error: NodeError, runtime: Runtime[SMoAConfig]
+    kit: NodeKit, state: SMoAState, error: NodeError, runtime: Runtime[Any]
 ) -> Command[Literal["layer"]]:
     """Error handler: the moderator's call failed for good, so the rounds continue."""
     cfg = kit.config(runtime)

@@ -64,7 +64,7 @@ def read_input(
     return question, messages, new_messages
 
 
-def run_config(kit: NodeKit, runtime: Runtime[SMoAConfig]) -> SMoAConfig:
+def run_config(kit: NodeKit, runtime: Runtime[Any]) -> SMoAConfig:
     """This run's config; a context that does not validate is an input error."""
     try:
         return kit.config(runtime)
@@ -78,7 +78,7 @@ def run_config(kit: NodeKit, runtime: Runtime[SMoAConfig]) -> SMoAConfig:
         raise InvalidInputError(f"context: {problems}") from None
 
 
-async def prepare(kit: NodeKit, state: SMoAState, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+async def prepare(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
     """Validate the input, build every model (no call), and settle the roles."""
     cfg = run_config(kit, runtime)
     question, history, new_messages = read_input(state, cfg.max_prompt_chars)

@@ -15,7 +15,6 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, Send
 
 from smoa_graph.attempts import CallAttempts, failure_records
-from smoa_graph.config import SMoAConfig
 from smoa_graph.errors import UnusableResponseError
 from smoa_graph.judging import format_candidates
 from smoa_graph.models import stream_text
@@ -39,7 +38,7 @@ def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
     return [SystemMessage(render("proposer", role=task["role"])), HumanMessage(request)]
 
 
-async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[SMoAConfig]) -> list[Send]:
+async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> list[Send]:
     """One ``Send`` per proposer; all run in the same superstep, concurrently."""
     cfg = kit.config(runtime)
     return [
@@ -59,7 +58,7 @@ async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[SMoAConfig])
     ]
 
 
-async def propose(kit: NodeKit, task: ProposerTask, runtime: Runtime[SMoAConfig]) -> dict[str, Any]:
+async def propose(kit: NodeKit, task: ProposerTask, runtime: Runtime[Any]) -> dict[str, Any]:
     """One proposer answers, in its role, with the previous layer's selection as references."""
     cfg = kit.config(runtime)
     layer, index = task["layer"], task["index"]
@@ -90,7 +89,7 @@ async def propose(kit: NodeKit, task: ProposerTask, runtime: Runtime[SMoAConfig]
 
 
 def proposer_failed(
-    kit: NodeKit, task: ProposerTask, error: NodeError, runtime: Runtime[SMoAConfig]
+    kit: NodeKit, task: ProposerTask, error: NodeError, runtime: Runtime[Any]
 ) -> Command[Literal["judge"]]:
     """Error handler: record the failed proposer and its attempts; the layer goes on."""
     spec = kit.config(runtime).proposer_model(task["index"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from langgraph.runtime import Runtime
 
@@ -33,7 +34,7 @@ def roles_cache_path(cfg: SMoAConfig) -> Path:
 
 
 async def settle_roles(
-    kit: NodeKit, cfg: SMoAConfig, runtime: Runtime[SMoAConfig]
+    kit: NodeKit, cfg: SMoAConfig, runtime: Runtime[Any]
 ) -> tuple[list[str], list[CallRecord]]:
     """Static roles, or roles generated once from (D, T) and cached; with the calls made."""
     if cfg.roles or not cfg.task_description:

@@ -173,7 +173,8 @@ async def test_context_schema_is_the_studio_form(studio: str, graph_id: str) -> 
     assert set(properties) == set(SMoAConfig.model_fields)
     for name, field in SMoAConfig.model_fields.items():
         assert field.description and properties[name]["description"] == field.description, name
-    assert properties["preset"]["enum"] == ["single", "moa", "smoa"]
+    assert properties["preset"]["anyOf"][0]["enum"] == ["single", "moa", "smoa"]
+    assert all(field.get("default") is None for field in properties.values())  # all optional
     assert "prompt" in schemas["input_schema"]["properties"]
 
 

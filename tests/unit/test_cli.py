@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from smoa_graph.cli import main
+from smoa_graph.testing import faulty_factory
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -117,3 +119,32 @@ def test_local_status_without_a_server(capsys: pytest.CaptureFixture[str]) -> No
 def test_graph_prints_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["graph"], capsys)
     assert code == 0 and "moderator -.-> aggregator;" in out
+
+
+def test_a_closed_stdout_ends_quietly_like_a_unix_tool() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smoa_graph.cli", "graph"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the graph is printed (`| head -0`)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and err == ""
+
+
+def test_only_failed_model_calls_are_reported_as_endpoint_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ask = ["ask", "q?", "--model", "fake", "-n", "2", "-k", "1", "--layers", "1", "--quiet"]
+    (tmp_path / "file").write_text("not a folder")
+    code = main([*ask, "--thread-id", "t", "--checkpoint-db", str(tmp_path / "file" / "c.db")])
+    err = capsys.readouterr().err
+    assert code == 1 and "FileExistsError" in err
+    assert "model endpoint error" not in err
+    failing = faulty_factory(script=["error"])  # the aggregator's call: ConnectionError
+    code = main(
+        [*ask, "--max-attempts", "1", "--aggregator-model", "faulty"], model_factory=failing
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "model endpoint error: ConnectionError: injected connection error" in err

@@ -7,6 +7,7 @@ and model strings. Fault-injecting models come from ``benchmarks/faults.py``.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -30,10 +31,17 @@ from smoa_graph import (
     build_smoa_graph,
 )
 from smoa_graph import testing as faults
+from smoa_graph.attempts import failed_calls
 from smoa_graph.cli import main
 from smoa_graph.errors import AttemptTimeoutError, UnusableResponseError
 from smoa_graph.models import is_transient
-from smoa_graph.testing import FakeCall, default_responder, disagreeing_responder, fake_factory
+from smoa_graph.testing import (
+    FakeCall,
+    FakeChatModel,
+    default_responder,
+    disagreeing_responder,
+    fake_factory,
+)
 
 FAST = {"model": "fake", "retry_backoff_s": 0.0}
 
@@ -488,3 +496,73 @@ def test_models_that_do_not_resolve_fail_before_any_call(
     code, out, err = run_cli(["ask", "q", *argv], capsys)
     assert code == 2 and out == "" and message in err
     assert "proposer 0 done" not in err  # the preflight stopped the run before any call
+
+
+# -- failed attempts live and die with their call ----------------------------------------------
+
+
+def _broken_roles_and_faulty_aggregator(**faulty: Any) -> tuple[Any, Any]:
+    """Specs: ``broken`` always fails (transient), ``faulty`` as scripted, any other a fake.
+
+    Returns the factory and the one of the ``faulty`` models (``.models["faulty"].injected``).
+    """
+    fakes = fake_factory()
+    broken = FakeChatModel(spec="broken", fail_rate=1.0)
+    faulty_models = faults.faulty_factory(**faulty)
+
+    def factory(request: ModelRequest) -> Any:
+        if request.spec == "broken":
+            return broken
+        return faulty_models(request) if request.spec == "faulty" else fakes(request)
+
+    return factory, faulty_models
+
+
+async def test_prepare_and_aggregator_failing_for_good_carry_every_attempt() -> None:
+    factory, _ = _broken_roles_and_faulty_aggregator(script=["error"] * 30)
+    config = SMoAConfig(
+        **FAST, n_proposers=2, k=1, max_layers=1, max_attempts=3, task_description="math"
+    )
+    graph = build_smoa_graph(config, model_factory=factory).compile()
+    for _ in range(5):  # a long-lived graph, many failing runs
+        with pytest.raises(ConnectionError) as info:
+            await graph.ainvoke({"prompt": "q?"}, context={"role_model": "broken"})
+        assert [(c["role"], c["ok"]) for c in failed_calls(info.value)] == [("roles", False)] * 3
+        with pytest.raises(ConnectionError) as info:
+            await graph.ainvoke({"prompt": "q?"}, context={"aggregator_model": "faulty"})
+        assert [(c["role"], c["ok"]) for c in failed_calls(info.value)] == [
+            ("aggregator", False)
+        ] * 3
+    state = await graph.ainvoke({"prompt": "q?"})  # no earlier run's attempt leaks into this one
+    assert [(c["role"], c["ok"]) for c in state["calls"]] == [  # roles: cached by earlier runs
+        ("proposer", True),
+        ("proposer", True),
+        ("judge", True),
+        ("aggregator", True),
+    ]
+
+
+async def test_a_run_cancelled_mid_retry_leaves_nothing_behind() -> None:
+    factory, faulty = _broken_roles_and_faulty_aggregator(script=["error"] * 3)
+    config = SMoAConfig(model="fake", n_proposers=2, k=1, max_layers=1, retry_backoff_s=30)
+    graph = build_smoa_graph(config, model_factory=factory).compile()
+    started = time.monotonic()
+    for cancelled in range(1, 4):
+        run = asyncio.create_task(
+            graph.ainvoke({"prompt": "q?"}, context={"aggregator_model": "faulty"})
+        )
+        for _ in range(500):  # until the aggregator's attempt has failed (at most 5 s)
+            await asyncio.sleep(0.01)
+            if sum(faulty.models["faulty"].injected.values()) == cancelled:
+                break
+        run.cancel()  # in the 30 s wait before its retry
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    assert time.monotonic() - started < 20  # no run waited for its retry
+    state = await graph.ainvoke({"prompt": "q?"}, context={"aggregator_model": "faulty"})
+    assert [(c["role"], c["ok"]) for c in state["calls"]] == [
+        ("proposer", True),
+        ("proposer", True),
+        ("judge", True),
+        ("aggregator", True),
+    ]
