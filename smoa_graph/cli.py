@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from smoa_graph._compat import error_handler_name
 from smoa_graph.attempts import failed_calls
-from smoa_graph.config import SMoAConfig
+from smoa_graph.config import SMoAConfig, config_problems
 from smoa_graph.errors import AllProposersFailedError, InvalidInputError
 from smoa_graph.graph import build_smoa_graph, sqlite_checkpointer
 from smoa_graph.models import (
@@ -111,13 +111,7 @@ def validated(build: Any, *args: Any) -> Any:
     try:
         return build(*args)
     except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(map(str, e["loc"]))
-            + ": " * bool(e["loc"])
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        raise CLIError(f"invalid configuration: {problems}", EXIT_USAGE) from None
+        raise CLIError(f"invalid configuration: {config_problems(exc)}", EXIT_USAGE) from None
 
 
 def read_question(text: str, max_chars: int) -> str:

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    ValidationError,
     create_model,
     model_validator,
 )
@@ -273,6 +274,16 @@ class SMoAConfig(BaseModel):
         if self.roles:
             return list(self.roles)
         return [DEFAULT_ROLES[i % len(DEFAULT_ROLES)] for i in range(self.n_proposers)]
+
+
+def config_problems(error: ValidationError) -> str:
+    """A validation error as one line: ``field: what is wrong and the fix; ...``."""
+    return "; ".join(
+        ".".join(map(str, e["loc"]))
+        + ": " * bool(e["loc"])
+        + e["msg"].removeprefix("Value error, ")
+        for e in error.errors()
+    )
 
 
 def _context_fields() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 from pydantic import ValidationError
 
-from smoa_graph.config import SMoAConfig
+from smoa_graph.config import SMoAConfig, config_problems
 from smoa_graph.errors import InvalidInputError
 from smoa_graph.nodes.kit import NodeKit
 from smoa_graph.nodes.roles import settle_roles
@@ -69,13 +69,7 @@ def run_config(kit: NodeKit, runtime: Runtime[Any]) -> SMoAConfig:
     try:
         return kit.config(runtime)
     except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(map(str, e["loc"]))
-            + ": " * bool(e["loc"])
-            + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        raise InvalidInputError(f"context: {problems}") from None
+        raise InvalidInputError(f"context: {config_problems(exc)}") from None
 
 
 async def prepare(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
