@@ -93,6 +93,13 @@ class SMoAConfig(BaseModel):
     forward_critique: bool = Field(
         True, description="Forward the judge's short critique to the next layer's proposers."
     )
+    proposer_dispatch: Literal["auto", "parallel", "sequential", "prefix-first"] = Field(
+        "auto",
+        description="How a layer's proposer calls reach the backend. parallel: all at once; "
+        "sequential: one after another, so a backend that caches prompt prefixes per slot "
+        "(llama-server) reads the layer's shared prefix once; prefix-first: one call, then the "
+        "rest together; auto: sequential on the embedded local model, parallel elsewhere.",
+    )
     model: str = Field(
         "local",
         description="Default model for every role: 'local' (embedded SmolLM2 server), a "

@@ -230,6 +230,14 @@ def call_config(role: str, layer: int, index: int | None, final: bool = False) -
     }
 
 
+def _cached(usage: UsageMetadata | None) -> int:
+    """Input tokens the backend served from its prompt cache (0 when it does not say)."""
+    if not usage:
+        return 0
+    details = usage.get("input_token_details") or {}
+    return int(details.get("cache_read") or 0)
+
+
 def call_record(
     role: str,
     layer: int,
@@ -247,6 +255,7 @@ def call_record(
         "index": index,
         "model": name,
         "input_tokens": int(usage["input_tokens"]) if usage else 0,
+        "cached_input_tokens": _cached(usage),
         "output_tokens": int(usage["output_tokens"]) if usage else 0,
         "latency_s": round(time.perf_counter() - started, 4),
         "ttft_s": None if ttft is None else round(ttft, 4),

@@ -1,5 +1,10 @@
 """Prompt templates: one file per role in ``prompts/``, loaded once, rendered with explicit names.
 
+Layout for prefix caching: what the calls of a layer share comes first (instructions common to all
+proposers, the request, the references), what differs per call last (a proposer's role), so that
+backends that reuse a cached prompt prefix (llama-server slots, vLLM/SGLang, hosted APIs) read the
+shared part once. Judge, moderator and aggregator prompts also start with the request.
+
 Templates use ``string.Template`` placeholders (``$name``) so that JSON examples need no escaping.
 The files are found inside an installed wheel (``smoa_graph/prompts``) and in a source checkout.
 """
@@ -11,7 +16,8 @@ from pathlib import Path
 from string import Template
 
 PROMPT_VARIABLES: dict[str, frozenset[str]] = {
-    "proposer": frozenset({"role"}),
+    "proposer": frozenset(),
+    "role": frozenset({"role"}),
     "references": frozenset({"prompt", "critique", "responses"}),
     "judge": frozenset({"n", "k", "nonce", "moderation", "prompt", "responses", "format"}),
     "moderator": frozenset({"layer", "max_layers", "nonce", "prompt", "responses", "format"}),

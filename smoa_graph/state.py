@@ -34,6 +34,7 @@ class CallRecord(TypedDict):
     index: int | None
     model: str
     input_tokens: int
+    cached_input_tokens: int
     output_tokens: int
     latency_s: float
     ttft_s: float | None
@@ -134,3 +135,4 @@ class ProposerTask(TypedDict):
     layer: int
     references: list[Candidate]
     critique: str
+    dispatch_key: str

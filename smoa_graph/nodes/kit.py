@@ -22,6 +22,7 @@ from smoa_graph.attempts import CallAttempts
 from smoa_graph.config import Role, SMoAConfig
 from smoa_graph.judging import parse_json_object
 from smoa_graph.models import ModelFactory, ModelRequest, structured_call
+from smoa_graph.nodes.dispatch import Dispatch, DispatchGate
 from smoa_graph.state import CallRecord
 
 # Output cap of judge, moderator and role-generator calls: room for the longest answer their
@@ -84,6 +85,17 @@ class NodeKit:
     _models: weakref.WeakKeyDictionary[
         asyncio.AbstractEventLoop, dict[ModelRequest, BaseChatModel]
     ] = field(default_factory=weakref.WeakKeyDictionary, repr=False)
+    # Held by the proposers of a layer while they run; gone with the last of them.
+    _gates: weakref.WeakValueDictionary[str, DispatchGate] = field(
+        default_factory=weakref.WeakValueDictionary, repr=False
+    )
+
+    def dispatch_gate(self, key: str, policy: Dispatch) -> DispatchGate:
+        """The gate of one layer run's proposer calls (``ProposerTask.dispatch_key``)."""
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = DispatchGate(policy)
+        return gate
 
     def config(self, runtime: Runtime[Any]) -> SMoAConfig:
         """This run's config: the builder's, with the fields the run context sets laid over it."""

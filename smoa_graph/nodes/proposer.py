@@ -7,6 +7,7 @@ candidate and the layer goes on.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -18,13 +19,15 @@ from smoa_graph.attempts import CallAttempts, failure_records
 from smoa_graph.errors import UnusableResponseError
 from smoa_graph.judging import format_candidates
 from smoa_graph.models import stream_text
+from smoa_graph.nodes.dispatch import dispatch_policy
 from smoa_graph.nodes.kit import NodeKit, proposer_request
 from smoa_graph.prompts import render, request_text
 from smoa_graph.state import Candidate, LayerState, ProposerTask
 
 
 def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
-    """What proposer ``task['index']`` is shown: its role, the request, the references."""
+    """What proposer ``task['index']`` is shown: the shared instructions, the request and the
+    references (the same for every proposer of a layer), then its role."""
     request = request_text(task["prompt"], task["history"])
     if task["references"]:
         responses, _ = format_candidates([c["text"] for c in task["references"]])
@@ -35,12 +38,14 @@ def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
             critique=critique if task["critique"] else "",
             responses=responses,
         )
-    return [SystemMessage(render("proposer", role=task["role"])), HumanMessage(request)]
+    role = render("role", role=task["role"])  # last: the shared prefix stays byte-identical
+    return [SystemMessage(render("proposer")), HumanMessage(f"{request}\n\n{role}")]
 
 
 async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> list[Send]:
     """One ``Send`` per proposer; all run in the same superstep, concurrently."""
     cfg = kit.config(runtime)
+    dispatch_key = uuid.uuid4().hex  # this layer's proposers share one dispatch gate
     return [
         Send(
             "propose",
@@ -52,6 +57,7 @@ async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> lis
                 layer=state["layer"] + 1,
                 references=state.get("selected") or [],
                 critique=state.get("critique", "") if cfg.forward_critique else "",
+                dispatch_key=dispatch_key,
             ),
         )
         for i in range(cfg.n_proposers)
@@ -68,17 +74,18 @@ async def propose(kit: NodeKit, task: ProposerTask, runtime: Runtime[Any]) -> di
     attempts = CallAttempts(
         cfg, "proposer", layer, index, request.spec, timeout_s=cfg.proposer_timeout_s
     )
-    text, record = await attempts.run(
-        lambda: stream_text(
-            model,
-            messages,
-            spec=request.spec,
-            role="proposer",
-            layer=layer,
-            index=index,
-            final=cfg.is_single,
+    async with kit.dispatch_gate(task["dispatch_key"], dispatch_policy(cfg)).turn():
+        text, record = await attempts.run(
+            lambda: stream_text(
+                model,
+                messages,
+                spec=request.spec,
+                role="proposer",
+                layer=layer,
+                index=index,
+                final=cfg.is_single,
+            )
         )
-    )
     if not any(ch.isalnum() for ch in text):
         error = UnusableResponseError(f"no usable text in the response ({text[:40]!r})")
         attempts.reject(record, error)
