@@ -1,7 +1,11 @@
 """One pydantic configuration for every preset: Studio form, CLI flags and graph context.
 
-A preset is a set of defaults, not a second code path: ``single`` is one proposer in one layer,
-``moa`` is dense (k = n, fixed layers, no early stop), ``smoa`` is sparse with a moderator.
+A preset is a set of defaults plus at most a strategy choice that the role modules read, never a
+second code path: who a proposer reads (``reads``), how a layer selects (``selection``), how a
+run ends (``finish``). ``single`` is one proposer in one layer; ``moa`` is dense (k = n, fixed
+layers); ``smoa`` is sparse with a moderator; ``self-consistency`` votes over n samples;
+``self-moa`` aggregates n samples of one model; ``mad`` is multi-agent debate; ``smoa-paper`` is
+the paper's configuration.
 """
 
 from __future__ import annotations
@@ -19,24 +23,59 @@ from pydantic import (
     model_validator,
 )
 
-Preset = Literal["single", "moa", "smoa"]
+Preset = Literal["single", "moa", "smoa", "self-consistency", "self-moa", "mad", "smoa-paper"]
 ModeratorMode = Literal["consistency", "model", "hybrid", "never"]
 Role = Literal["judge", "moderator", "aggregator", "roles"]
 
+_SAMPLES = {"moderator": "never", "role_prompts": False, "selection": "all", "max_layers": 1}
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "single": {"n_proposers": 1, "k": 1, "max_layers": 1, "moderator": "never"},
-    "moa": {"n_proposers": 4, "k": 4, "max_layers": 2, "moderator": "never"},
+    "moa": {"n_proposers": 4, "k": 4, "max_layers": 2, "moderator": "never", "selection": "all"},
     "smoa": {"n_proposers": 4, "k": 2, "max_layers": 3, "moderator": "hybrid"},
+    "self-consistency": {"n_proposers": 4, "k": 4, **_SAMPLES, "finish": "vote"},
+    "self-moa": {"n_proposers": 4, "k": 4, **_SAMPLES, "finish": "aggregate"},
+    "mad": {
+        "n_proposers": 3,
+        "k": 3,
+        "max_layers": 2,
+        "moderator": "never",
+        "role_prompts": False,
+        "selection": "all",
+        "reads": "others",
+        "finish": "vote",
+    },
+    "smoa-paper": {
+        "n_proposers": 4,
+        "k": 2,
+        "max_layers": 2,
+        "moderator": "model",
+        "merge_judge_moderator": True,
+        "control_temperature": 0.7,
+        "aggregator_temperature": 0.7,
+        "forward_critique": False,
+        "judge_index_base": 0,
+        "task_description": "questions and instructions that users ask an AI assistant",
+        "task_requirement": "a correct, helpful, relevant and well-reasoned answer",
+    },
 }
 """Each preset's defaults for the fields a caller leaves unset."""
 
 PRESET_FIXED: dict[str, frozenset[str]] = {
     "single": frozenset({"n_proposers", "k", "max_layers", "moderator"}),
-    "moa": frozenset({"k", "moderator"}),
+    "moa": frozenset({"k", "moderator", "selection"}),
     "smoa": frozenset(),
+    "self-consistency": frozenset({"k", "max_layers", "moderator", "selection", "finish"}),
+    "self-moa": frozenset({"k", "max_layers", "moderator", "selection", "finish"}),
+    "mad": frozenset({"k", "moderator", "selection", "reads", "finish"}),
+    "smoa-paper": frozenset(
+        {"moderator", "merge_judge_moderator", "control_temperature", "judge_index_base"}
+    ),
 }
 """Fields a preset decides itself: settings shared across presets (a bench's ``-n 6``, a run
-context's base) do not carry into them. ``moa`` keeps n and makes k follow it."""
+context's base) do not carry into them, and a value that contradicts the preset is rejected.
+Dense presets (``DENSE``) keep n and make k follow it."""
+
+DENSE = frozenset({"moa", "self-consistency", "self-moa", "mad"})
 
 # Diverse default personas (occupation, personality, social group), cycled when n > len.
 DEFAULT_ROLES: tuple[str, ...] = (
@@ -92,6 +131,41 @@ class SMoAConfig(BaseModel):
     )
     forward_critique: bool = Field(
         True, description="Forward the judge's short critique to the next layer's proposers."
+    )
+    role_prompts: bool = Field(
+        True,
+        description="Give each proposer its role (persona). Off: every proposer gets the same "
+        "prompt, i.e. plain samples of its model (an ablation; self-consistency, self-moa, mad).",
+    )
+    selection: Literal["judge", "all"] = Field(
+        "judge",
+        description="How a layer selects the responses that flow on. judge: the judge keeps k "
+        "of them (no call when k or fewer succeeded); all: every response is forwarded, k is "
+        "not used (dense, as MoA; an ablation of SMoA).",
+    )
+    early_stop: bool = Field(
+        True,
+        description="Let the moderator stop before max_layers. Off: every layer runs (an "
+        "ablation); the moderator then makes no call.",
+    )
+    reads: Literal["selection", "others"] = Field(
+        "selection",
+        description="What a later layer's proposer reads. selection: the responses the layer "
+        "before forwarded; others: every agent's previous answer, its own pointed out "
+        "(multi-agent debate).",
+    )
+    finish: Literal["aggregate", "vote"] = Field(
+        "aggregate",
+        description="How the run ends. aggregate: the aggregator synthesises the final answer "
+        "from the last selection; vote: the majority of the last layer's extracted final "
+        "answers wins (no call; ties go to the lowest proposer index; when no answer can be "
+        "extracted, one call picks the most consistent response, as in Universal "
+        "Self-Consistency).",
+    )
+    judge_index_base: Literal[0, 1] = Field(
+        1,
+        description="Number the candidates shown to the judge from 0 (the paper's reference "
+        "code) or from 1.",
     )
     proposer_dispatch: Literal["auto", "parallel", "sequential", "prefix-first"] = Field(
         "auto",
@@ -192,7 +266,7 @@ class SMoAConfig(BaseModel):
                 f"preset: unknown preset {preset!r}; choose one of {', '.join(PRESET_DEFAULTS)}"
             )
         defaults = dict(PRESET_DEFAULTS[preset])
-        if preset == "moa" and "n_proposers" in data:
+        if preset in DENSE and "n_proposers" in data:
             defaults["k"] = data["n_proposers"]  # dense: k follows n
         config = handler({**defaults, **data})
         object.__setattr__(config, "__pydantic_fields_set__", set(data) & set(cls.model_fields))
@@ -204,16 +278,29 @@ class SMoAConfig(BaseModel):
         n = self.n_proposers
         if self.k > n:
             raise ValueError(f"k: k={self.k} is larger than n_proposers={n}; set k <= n_proposers")
-        if self.preset == "moa" and self.k != n:
-            raise ValueError(f"k: the moa preset is dense, so k must equal n_proposers ({n})")
-        if self.preset == "moa" and self.moderator != "never":
+        preset = self.preset
+        if preset in DENSE and self.k != n:
+            raise ValueError(f"k: the {preset} preset is dense, so k must equal n_proposers ({n})")
+        if preset == "moa" and self.moderator != "never":
             raise ValueError(
                 "moderator: the moa preset always runs max_layers; use preset 'smoa' to stop early"
             )
-        if self.preset == "single" and (n != 1 or self.max_layers != 1):
+        if preset == "single" and (n != 1 or self.max_layers != 1):
             raise ValueError(
                 "n_proposers/max_layers: the single preset is one proposer in one layer; "
                 "use preset 'moa' or 'smoa' for more"
+            )
+        for name in sorted(PRESET_FIXED[preset] - {"k"}):
+            wanted = PRESET_DEFAULTS[preset][name]
+            if getattr(self, name) != wanted:
+                raise ValueError(
+                    f"{name}: the {preset} preset uses {name}={wanted!r}; leave it unset, or "
+                    f"use preset 'smoa' with {name}={getattr(self, name)!r}"
+                )
+        if self.finish == "vote" and self.selection == "judge" and self.k != n:
+            raise ValueError(
+                "finish: a vote counts the answers of the last layer; with selection='judge' it "
+                "would count only k of them: set selection='all' or finish='aggregate'"
             )
         for name in ("roles", "proposer_models"):
             value = getattr(self, name)

@@ -15,7 +15,7 @@ for good goes to its error handler.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
@@ -28,6 +28,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from smoa_graph._compat import dual_node, error_handler_name
+from smoa_graph.agents import with_agents
 from smoa_graph.config import SMoAConfig, SMoAContext
 from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory
 from smoa_graph.nodes import aggregator, judge, moderator, prepare, proposer
@@ -70,7 +71,10 @@ def build_layer_graph(
 
 
 def build_smoa_graph(
-    config: SMoAConfig | None = None, *, model_factory: ModelFactory | None = None
+    config: SMoAConfig | None = None,
+    *,
+    model_factory: ModelFactory | None = None,
+    agents: Mapping[str, Runnable[Any, Any]] | None = None,
 ) -> StateGraph[SMoAState, Any, SMoAInput, SMoAState]:
     """The SMoA workflow, uncompiled.
 
@@ -80,11 +84,15 @@ def build_smoa_graph(
             (``SMoAConfig.with_context``).
         model_factory: builds a chat model from a ``ModelRequest`` (tests inject fakes); default:
             ``default_model_factory`` (model specs such as ``"local"``, ``"openai:gpt-4o-mini"``).
+        agents: your own proposers by name: LangChain Runnables or compiled LangGraph graphs
+            that take messages and return a message; name them in ``proposer_models`` beside
+            model specs (``smoa_graph.agents``).
 
     Returns:
         A ``StateGraph`` to compile with the checkpointer, store and cache of your choice.
     """
-    kit = NodeKit(config or SMoAConfig(), model_factory or default_model_factory)
+    factory = with_agents(model_factory or default_model_factory, agents or {})
+    kit = NodeKit(config or SMoAConfig(), factory)
     builder = StateGraph(SMoAState, context_schema=SMoAContext, input_schema=SMoAInput)
     builder.add_node("prepare", _node(partial(prepare.prepare, kit), "prepare"))
     builder.add_node("layer", build_layer_graph(kit))

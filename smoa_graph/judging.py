@@ -24,12 +24,12 @@ def _defuse(text: str) -> str:
     return text.replace("<<<", "< < <").replace(">>>", "> > >")
 
 
-def format_candidates(texts: list[str]) -> tuple[str, str]:
-    """Render texts as numbered, nonce-delimited blocks. Returns (block, nonce)."""
+def format_candidates(texts: list[str], start: int = 1) -> tuple[str, str]:
+    """Render texts as blocks numbered from ``start``, nonce-delimited. Returns (block, nonce)."""
     nonce = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:8]
     blocks = [
         f"<<<RESPONSE {i} {nonce}>>>\n{_defuse(t.strip())}\n<<<END RESPONSE {i} {nonce}>>>"
-        for i, t in enumerate(texts, 1)
+        for i, t in enumerate(texts, start)
     ]
     return "\n\n".join(blocks), nonce
 
@@ -68,8 +68,11 @@ def _fallback_order(texts: list[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: (answers[i] != majority or majority is None, i))
 
 
-def validate_verdict(data: dict[str, Any] | None, texts: list[str], k: int) -> Verdict:
-    """Apply the module's rule to a raw verdict for ``texts``; always returns exactly k picks."""
+def validate_verdict(
+    data: dict[str, Any] | None, texts: list[str], k: int, base: int = 1
+) -> Verdict:
+    """Apply the module's rule to a raw verdict for ``texts`` (shown numbered from ``base``);
+    always returns exactly k picks."""
     m = len(texts)
     problems: list[str] = []
     chosen: list[int] = []
@@ -83,12 +86,12 @@ def validate_verdict(data: dict[str, Any] | None, texts: list[str], k: int) -> V
             number = item if isinstance(item, int) and not isinstance(item, bool) else None
             if number is None and isinstance(item, str) and item.strip().isdigit():
                 number = int(item.strip())
-            if number is None or not 1 <= number <= m:
+            if number is None or not base <= number < base + m:
                 problems.append(f"invalid index {item!r}")
-            elif number - 1 in chosen:
+            elif number - base in chosen:
                 problems.append(f"duplicate index {number}")
             else:
-                chosen.append(number - 1)
+                chosen.append(number - base)
     if len(chosen) > k:
         problems.append(f"{len(chosen)} chosen, expected {k}")
         chosen = chosen[:k]

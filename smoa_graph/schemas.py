@@ -14,13 +14,13 @@ CRITIQUE_MAX_CHARS = 300
 ROLE_MAX_CHARS = 300
 
 
-def judge_schema(m: int, k: int, with_stop: bool) -> dict[str, Any]:
-    """Bounded JSON schema of a verdict choosing k of m candidates (1-based)."""
+def judge_schema(m: int, k: int, with_stop: bool, base: int = 1) -> dict[str, Any]:
+    """Bounded JSON schema of a verdict choosing k of m candidates numbered from ``base``."""
     properties: dict[str, Any] = {
         "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
         "chosen": {
             "type": "array",
-            "items": {"type": "integer", "enum": list(range(1, m + 1))},
+            "items": {"type": "integer", "enum": list(range(base, base + m))},
             "minItems": k,
             "maxItems": k,
         },
@@ -40,7 +40,7 @@ def judge_schema(m: int, k: int, with_stop: bool) -> dict[str, Any]:
 
 def judge_format(k: int, with_stop: bool) -> str:
     """The JSON shape shown in the judge prompt."""
-    numbers = ", ".join(f"<number {j}>" for j in range(1, k + 1))
+    numbers = ", ".join(f"<response number {j}>" for j in range(1, k + 1))
     stop = ', "stop": <true if these are good and consistent enough to stop>' if with_stop else ""
     return (
         f'{{"reasoning": "<one or two sentences>", "chosen": [{numbers}], '

@@ -73,6 +73,16 @@ class ModeratorDecision(TypedDict):
     tokens_so_far: int
 
 
+class VoteRecord(TypedDict):
+    """How a vote ended the run (``finish='vote'``)."""
+
+    counts: dict[str, int]
+    winner: str | None
+    winner_index: int
+    tie: list[str]
+    method: str
+
+
 class SMoAInput(TypedDict, total=False):
     """What a caller passes: a prompt, or a chat history whose last human message is the prompt."""
 
@@ -92,6 +102,7 @@ class SMoAState(SMoAInput, total=False):
     layers: Annotated[list[LayerRecord], operator.add]
     decisions: Annotated[list[ModeratorDecision], operator.add]
     calls: Annotated[list[CallRecord], operator.add]
+    vote: VoteRecord
     answer: str
     summary: dict[str, Any]
 
@@ -135,4 +146,6 @@ class ProposerTask(TypedDict):
     layer: int
     references: list[Candidate]
     critique: str
+    debate: bool  # references are every agent's previous answer (``reads='others'``)
+    own: int | None  # then: the number of this agent's own answer among them
     dispatch_key: str

@@ -1,7 +1,10 @@
-"""Aggregator: synthesise the final answer from the last layer's selected responses.
+"""Aggregator: end the run with the final answer.
 
-Its call is streamed and tagged ``FINAL_ANSWER_TAG``; in the ``single`` preset the one proposer's
-answer is the answer and no aggregator call is made.
+``finish='aggregate'``: synthesise it from the last layer's selected responses (the call is
+streamed and tagged ``FINAL_ANSWER_TAG``). ``finish='vote'``: the response giving the majority
+answer is the answer, with no call (``consistency.majority_vote``); when no response has an
+extractable answer, one call picks the most consistent response (Universal Self-Consistency).
+In the ``single`` preset the one proposer's answer is the answer.
 """
 
 from __future__ import annotations
@@ -12,52 +15,98 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from smoa_graph.attempts import CallAttempts
-from smoa_graph.judging import format_candidates, strip_marker_echoes
+from smoa_graph.config import SMoAConfig
+from smoa_graph.consistency import majority_vote
+from smoa_graph.judging import format_candidates, strip_marker_echoes, validate_verdict
 from smoa_graph.models import stream_text
 from smoa_graph.nodes.kit import NodeKit, aggregator_request
 from smoa_graph.prompts import render, request_text
-from smoa_graph.state import CallRecord, SMoAState
+from smoa_graph.schemas import judge_format, judge_schema
+from smoa_graph.state import CallRecord, Candidate, SMoAState, VoteRecord
 from smoa_graph.summary import usage_summary
 
 
+async def synthesise(
+    kit: NodeKit, cfg: SMoAConfig, state: SMoAState, selected: list[Candidate]
+) -> tuple[str, list[CallRecord]]:
+    """One streamed aggregator call over the selected responses: the answer and its calls."""
+    layer = state["layer"]
+    responses, nonce = format_candidates([c["text"] for c in selected])
+    text = render(
+        "aggregator",
+        prompt=request_text(state["question"], state.get("history", "")),
+        responses=responses,
+    )
+    request = aggregator_request(cfg)
+    model = kit.model(request)
+    attempts = CallAttempts(cfg, "aggregator", layer, None, request.spec)
+    streamed, record = await attempts.run(
+        lambda: stream_text(
+            model,
+            [HumanMessage(text)],
+            spec=request.spec,
+            role="aggregator",
+            layer=layer,
+            final=True,
+        )
+    )
+    return strip_marker_echoes(streamed, nonce), attempts.succeeded(record)  # stream as sent
+
+
+async def vote(
+    kit: NodeKit, cfg: SMoAConfig, state: SMoAState, selected: list[Candidate]
+) -> tuple[str, VoteRecord, list[CallRecord]]:
+    """The majority answer's response; without extractable answers, the most consistent one."""
+    texts = [c["text"] for c in selected]
+    result = majority_vote(texts)
+    if result.winner_index is not None:
+        record = VoteRecord(
+            counts=result.counts,
+            winner=result.winner,
+            winner_index=selected[result.winner_index]["index"],
+            tie=result.tie,
+            method="majority",
+        )
+        return texts[result.winner_index], record, []
+    responses, nonce = format_candidates(texts)
+    prompt = render(
+        "consistent",
+        n=len(texts),
+        nonce=nonce,
+        prompt=request_text(state["question"], state.get("history", "")),
+        responses=responses,
+        format=judge_format(1, False),
+    )
+    schema = judge_schema(len(texts), 1, False)
+    data, calls = await kit.control_call(cfg, "aggregator", state["layer"], prompt, schema)
+    picked = validate_verdict(data, texts, 1)
+    method = "most consistent" + (f" (fallback: {picked.fallback})" if picked.fallback else "")
+    winner = selected[picked.selected[0]]
+    record = VoteRecord(counts={}, winner=None, winner_index=winner["index"], tie=[], method=method)
+    return winner["text"], record, calls
+
+
 async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
-    """Synthesise the final answer from the selected responses (streamed, tagged final)."""
+    """End the run: synthesise or vote (``finish``); write the answer and the summary."""
     cfg = kit.config(runtime)
     selected = state.get("selected", [])
-    layer = state["layer"]
+    update: dict[str, Any] = {}
     calls: list[CallRecord] = []
     if cfg.is_single:
         answer = selected[0]["text"]
+    elif cfg.finish == "vote":
+        answer, update["vote"], calls = await vote(kit, cfg, state, selected)
     else:
-        responses, nonce = format_candidates([c["text"] for c in selected])
-        text = render(
-            "aggregator",
-            prompt=request_text(state["question"], state.get("history", "")),
-            responses=responses,
-        )
-        request = aggregator_request(cfg)
-        model = kit.model(request)
-        attempts = CallAttempts(cfg, "aggregator", layer, None, request.spec)
-        streamed, record = await attempts.run(
-            lambda: stream_text(
-                model,
-                [HumanMessage(text)],
-                spec=request.spec,
-                role="aggregator",
-                layer=layer,
-                final=True,
-            )
-        )
-        answer = strip_marker_echoes(streamed, nonce)  # the stream itself is left as sent
-        calls = attempts.succeeded(record)
+        answer, calls = await synthesise(kit, cfg, state, selected)
     decision = state["decisions"][-1]
     summary = {
         **usage_summary([*state.get("calls", []), *calls]),
-        "layers_run": layer,
+        "layers_run": state["layer"],
         "stopped_at_layer": decision["layer"],
         "stop_reason": decision["reason"],
     }
     return {
+        **update,
         "answer": answer,
         "messages": [AIMessage(answer, name="smoa")],
         "calls": calls,

@@ -72,7 +72,7 @@ def judge_prompt(
     state: LayerState, cfg: SMoAConfig, texts: list[str], k: int, layer: int, with_stop: bool
 ) -> str:
     """The judge's prompt for these candidate texts (and the stop question when merged)."""
-    responses, nonce = format_candidates(texts)
+    responses, nonce = format_candidates(texts, cfg.judge_index_base)
     moderation = (
         "\nAlso say whether the selected responses are good and consistent enough to stop "
         f"the rounds (this is round {layer} of at most {cfg.max_layers}).\n"
@@ -92,18 +92,21 @@ def judge_prompt(
 
 
 async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> dict[str, Any]:
-    """Keep the best k of this layer's successful responses (all of them when <= k)."""
+    """Keep the best k of this layer's successful responses (all of them when <= k, or when
+    ``selection='all'``)."""
     cfg = kit.config(runtime)
     layer, candidates, ok, k = survivors(state, cfg)
-    if len(ok) <= k:
+    if cfg.selection == "all" or len(ok) <= k:
         verdict = Verdict(list(range(len(ok))), "", "", None, None)
         return judged(layer, candidates, ok, verdict, [], called=False)
     with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
     texts = [c["text"] for c in ok]
     text = judge_prompt(state, cfg, texts, k, layer, with_stop)
-    schema = judge_schema(len(ok), k, with_stop)
+    base = cfg.judge_index_base
+    schema = judge_schema(len(ok), k, with_stop, base)
     data, calls = await kit.control_call(cfg, "judge", layer, text, schema)
-    return judged(layer, candidates, ok, validate_verdict(data, texts, k), calls, called=True)
+    verdict = validate_verdict(data, texts, k, base)
+    return judged(layer, candidates, ok, verdict, calls, called=True)
 
 
 def judge_failed(

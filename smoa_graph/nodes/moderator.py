@@ -44,6 +44,8 @@ def decide(cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
         return {**decision, "reason": reason}, False
     if cfg.moderator == "never":
         return {**decision, "stop": False, "reason": "preset runs every layer"}, False
+    if not cfg.early_stop:
+        return {**decision, "stop": False, "reason": "early stop is off"}, False
     agreement = measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
     if agreement is not None:
         decision["consistency"] = round(agreement.score, 4)

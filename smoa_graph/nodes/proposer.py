@@ -27,36 +27,48 @@ from smoa_graph.state import Candidate, LayerState, ProposerTask
 
 def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
     """What proposer ``task['index']`` is shown: the shared instructions, the request and the
-    references (the same for every proposer of a layer), then its role."""
+    references (the same for every proposer of a layer), then what is its own: which answer
+    was its own in a debate, and its role (none when role prompts are off)."""
     request = request_text(task["prompt"], task["history"])
-    if task["references"]:
-        responses, _ = format_candidates([c["text"] for c in task["references"]])
+    references = [c["text"] for c in task["references"]]
+    if references and task["debate"]:
+        request = render("debate", prompt=request, responses=format_candidates(references)[0])
+    elif references:
         critique = f"\nJudge's notes on the previous round: {task['critique']}\n"
         request = render(
             "references",
             prompt=request,
             critique=critique if task["critique"] else "",
-            responses=responses,
+            responses=format_candidates(references)[0],
         )
-    role = render("role", role=task["role"])  # last: the shared prefix stays byte-identical
-    return [SystemMessage(render("proposer")), HumanMessage(f"{request}\n\n{role}")]
+    own = [render("own", number=task["own"])] if task["own"] is not None else []
+    role = [render("role", role=task["role"])] if task["role"] else []
+    return [
+        SystemMessage(render("proposer")),
+        HumanMessage("\n\n".join([request, *own, *role])),  # shared part first
+    ]
 
 
 async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> list[Send]:
     """One ``Send`` per proposer; all run in the same superstep, concurrently."""
     cfg = kit.config(runtime)
     dispatch_key = uuid.uuid4().hex  # this layer's proposers share one dispatch gate
+    references = state.get("selected") or []
+    debate = cfg.reads == "others"
+    position = {c["index"]: number for number, c in enumerate(references, 1)}
     return [
         Send(
             "propose",
             ProposerTask(
                 index=i,
-                role=state["roles"][i],
+                role=state["roles"][i] if cfg.role_prompts else "",
                 prompt=state["question"],
                 history=state.get("history", ""),
                 layer=state["layer"] + 1,
-                references=state.get("selected") or [],
+                references=references,
                 critique=state.get("critique", "") if cfg.forward_critique else "",
+                debate=debate,
+                own=position.get(i) if debate else None,
                 dispatch_key=dispatch_key,
             ),
         )

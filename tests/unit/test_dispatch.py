@@ -31,6 +31,8 @@ def task(index: int, role: str, references: list[Candidate]) -> ProposerTask:
         layer=2,
         references=references,
         critique="check the sum",
+        debate=False,
+        own=None,
         dispatch_key="k",
     )
 
