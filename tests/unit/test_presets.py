@@ -1,0 +1,280 @@
+"""Every preset is one graph with other defaults: calls by role, what proposers see, how it ends."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, MessagesState, StateGraph
+from pydantic import ValidationError
+
+from smoa_graph import SMoAConfig, build_smoa_graph
+from smoa_graph.config import PRESET_DEFAULTS
+from smoa_graph.testing import FakeCall, FakeChatModel, default_responder, fake_factory
+
+
+def calls_by_role(state: dict[str, Any]) -> dict[str, int]:
+    return dict(Counter(c["role"] for c in state["calls"]))
+
+
+def proposer_prompts(factory: Any, layer: int) -> dict[int, str]:
+    calls = factory.models["fake"].calls
+    return {c.index: c.prompt for c in calls if c.role == "proposer" and c.layer == layer}
+
+
+def answers_by_index(answers: dict[int, str]) -> Any:
+    """Proposer i answers ``answers[i]``; the judge picks 1 and 2, the moderator continues."""
+
+    def responder(call: FakeCall) -> str:
+        if call.role == "proposer" and call.index is not None:
+            return f"Proposer {call.index} reasons. Final answer: {answers[call.index]}"
+        if call.role == "moderator":
+            return '{"reason": "go on", "quality": 5, "stop": false}'
+        return default_responder(call)
+
+    return responder
+
+
+async def run(preset: str, responder: Any = default_responder, **fields: Any) -> tuple[Any, Any]:
+    factory = fake_factory(responder=responder)
+    config = SMoAConfig(preset=preset, model="fake", **fields)
+    state = (
+        await build_smoa_graph(config, model_factory=factory)
+        .compile()
+        .ainvoke({"prompt": "What is 7 + 5?"})
+    )
+    return state, factory
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("single", {"proposer": 1}),
+        ("moa", {"proposer": 8, "aggregator": 1}),
+        ("self-consistency", {"proposer": 4}),
+        ("self-moa", {"proposer": 4, "aggregator": 1}),
+        ("mad", {"proposer": 6}),
+        ("smoa-paper", {"roles": 1, "proposer": 8, "judge": 2, "aggregator": 1}),  # 11 a query
+    ],
+)
+async def test_calls_by_role(preset: str, expected: dict[str, int]) -> None:
+    state, _ = await run(preset, answers_by_index({0: 1, 1: 2, 2: 3, 3: 4}))
+    assert calls_by_role(state) == expected
+
+
+async def test_smoa_paper_stops_after_the_first_round_with_six_calls(tmp_path: Any) -> None:
+    def responder(call: FakeCall) -> str:  # the merged verdict ends the debate
+        if call.role == "judge":
+            return '{"reasoning": "r", "chosen": [0, 2], "critique": "", "stop": true}'
+        return default_responder(call)
+
+    state, factory = await run("smoa-paper", responder, roles_cache_dir=str(tmp_path))
+    assert calls_by_role(state) == {"roles": 1, "proposer": 4, "judge": 1, "aggregator": 1}
+    assert state["layers"][0]["judge"]["selected"] == [0, 2]  # 0-based, as the paper's code
+    assert state["decisions"][0]["reason"] == "judge voted stop (merged call)"
+    judge = next(c for c in factory.models["fake"].calls if c.role == "judge")
+    assert "<<<RESPONSE 0 " in judge.prompt and "<<<RESPONSE 4 " not in judge.prompt
+    again, _ = await run("smoa-paper", responder, roles_cache_dir=str(tmp_path))
+    assert sum(calls_by_role(again).values()) == 6  # roles are cached: 4 + 1 + 1
+
+
+def test_smoa_paper_runs_every_role_at_temperature_0_7() -> None:
+    config = SMoAConfig(preset="smoa-paper")
+    temperatures = (
+        config.proposer_temperature,
+        config.control_temperature,
+        config.aggregator_temperature,
+    )
+    assert temperatures == (0.7, 0.7, 0.7)
+    assert (config.n_proposers, config.k, config.max_layers) == (4, 2, 2)
+    assert config.merge_judge_moderator and config.task_description
+
+
+async def test_self_consistency_votes_without_an_aggregator() -> None:
+    state, factory = await run("self-consistency", answers_by_index({0: 5, 1: 12, 2: 12, 3: 7}))
+    assert "Final answer: 12" in state["answer"] and "Proposer 1" in state["answer"]
+    assert state["vote"] == {
+        "counts": {"5": 1, "12": 2, "7": 1},
+        "winner": "12",
+        "winner_index": 1,
+        "tie": [],
+        "method": "majority",
+    }
+    prompts = set(proposer_prompts(factory, 1).values())
+    assert len(prompts) == 1 and "Answer as" not in prompts.pop()  # no roles: plain samples
+
+
+async def test_a_tied_vote_goes_to_the_answer_given_first() -> None:
+    state, _ = await run("self-consistency", answers_by_index({0: 9, 1: 4, 2: 4, 3: 9}))
+    assert state["vote"]["winner"] == "9" and state["vote"]["winner_index"] == 0
+    assert state["vote"]["tie"] == ["9", "4"]
+
+
+async def test_unextractable_answers_go_to_one_consistency_call() -> None:
+    def responder(call: FakeCall) -> str:
+        if call.role == "proposer" and call.index is not None:
+            return f"A poem, the {['first', 'second', 'third', 'fourth'][call.index]} take."
+        if call.role == "aggregator":
+            return '{"reasoning": "2 agrees most", "chosen": [2], "critique": ""}'
+        return default_responder(call)
+
+    state, factory = await run("self-consistency", responder)
+    assert state["answer"] == "A poem, the second take." and calls_by_role(state)["aggregator"] == 1
+    assert state["vote"]["method"] == "most consistent" and state["vote"]["winner_index"] == 1
+    prompt = next(c.prompt for c in factory.models["fake"].calls if c.role == "aggregator")
+    assert "Select the most consistent response" in " ".join(prompt.split())
+
+
+async def test_self_moa_aggregates_all_samples_of_one_model() -> None:
+    state, factory = await run("self-moa", answers_by_index({0: 1, 1: 2, 2: 3, 3: 4}))
+    aggregator = next(c.prompt for c in factory.models["fake"].calls if c.role == "aggregator")
+    assert all(f"Proposer {i} reasons" in aggregator for i in range(4))
+    assert len(state["layers"]) == 1 and not state["layers"][0]["judge"]["called"]
+
+
+async def test_mad_agents_read_every_previous_answer_and_know_their_own() -> None:
+    state, factory = await run("mad", answers_by_index({0: 5, 1: 12, 2: 12}))
+    second = proposer_prompts(factory, 2)
+    for index, prompt in second.items():
+        assert all(f"Proposer {i} reasons" in prompt for i in range(3))  # no judge between
+        assert prompt.endswith(f"Your own previous answer is response {index + 1}.")
+    assert calls_by_role(state) == {"proposer": 6} and state["vote"]["winner"] == "12"
+
+
+@pytest.mark.parametrize(
+    ("fields", "check"),
+    [
+        ({"role_prompts": False}, "no role"),
+        ({"selection": "all"}, "all forwarded"),
+        ({"early_stop": False}, "every layer"),
+    ],
+)
+async def test_ablation_switches_on_smoa(fields: dict[str, Any], check: str) -> None:
+    agree = answers_by_index({0: 12, 1: 12, 2: 12, 3: 12})  # would stop after layer 1
+    state, factory = await run("smoa", agree, max_layers=2, **fields)
+    if check == "no role":
+        assert len(set(proposer_prompts(factory, 1).values())) == 1
+    if check == "all forwarded":
+        assert [len(s) for s in (state["selected"],)] == [4] and "judge" not in calls_by_role(state)
+    if check == "every layer":
+        assert len(state["layers"]) == 2 and state["decisions"][0]["reason"] == "early stop is off"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"preset": "mad", "finish": "aggregate"}, "finish: the mad preset uses finish='vote'"),
+        ({"preset": "self-consistency", "max_layers": 2}, "max_layers: the self-consistency"),
+        ({"preset": "self-moa", "selection": "judge"}, "selection: the self-moa preset uses"),
+        ({"preset": "smoa-paper", "control_temperature": 0.0}, "control_temperature: the smoa-"),
+        ({"preset": "self-consistency", "k": 2}, "k: the self-consistency preset is dense"),
+        ({"preset": "smoa", "finish": "vote"}, "finish: a vote counts the answers"),
+        ({"preset": "debate"}, "unknown preset 'debate'; choose one of single, moa, smoa, self-"),
+    ],
+)
+def test_a_switch_that_contradicts_its_preset_is_rejected(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(")):
+        SMoAConfig(**fields)
+
+
+def test_every_preset_validates_with_its_own_defaults() -> None:
+    for preset in PRESET_DEFAULTS:
+        assert SMoAConfig(preset=preset).preset == preset
+
+
+# -- your own proposers ------------------------------------------------------------------------
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+class ToolCaller(FakeChatModel):
+    """A fake agent model: first asks for the ``add`` tool, then answers with its result."""
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> AIMessage:
+        messages: list[BaseMessage] = list(input)
+        usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+        results = [m for m in messages if isinstance(m, ToolMessage)]
+        if not results:
+            call = {"name": "add", "args": {"a": 7, "b": 5}, "id": "t1", "type": "tool_call"}
+            return AIMessage("", tool_calls=[call], usage_metadata=usage)
+        return AIMessage(
+            f"The tool says {results[-1].text}. Final answer: 12", usage_metadata=usage
+        )
+
+
+def tool_agent() -> Any:
+    """A small tool-using agent graph: model -> tools -> model."""
+    model = ToolCaller()
+
+    async def think(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [await model.ainvoke(state["messages"])]}
+
+    async def act(state: MessagesState) -> dict[str, Any]:
+        call = state["messages"][-1].tool_calls[0]  # type: ignore[union-attr]
+        result = await add.ainvoke(call["args"])
+        return {"messages": [ToolMessage(str(result), tool_call_id=call["id"])]}
+
+    def route(state: MessagesState) -> str:
+        return "act" if state["messages"][-1].tool_calls else END  # type: ignore[union-attr]
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("think", think)
+    graph.add_node("act", act)
+    graph.add_edge(START, "think")
+    graph.add_conditional_edges("think", route, ["act", END])
+    graph.add_edge("act", "think")
+    return graph.compile()
+
+
+async def test_a_tool_using_agent_graph_is_a_proposer_beside_models() -> None:
+    config = SMoAConfig(
+        model="fake", n_proposers=3, k=2, max_layers=1, proposer_models=["calc", "fake", "fake"]
+    )
+    factory = fake_factory()
+    graph = build_smoa_graph(config, model_factory=factory, agents={"calc": tool_agent()})
+    state = await graph.compile().ainvoke({"prompt": "What is 7 + 5?"})
+    agent = state["layers"][0]["candidates"][0]
+    assert agent["ok"] and agent["model"] == "calc"
+    assert agent["text"] == "The tool says 12. Final answer: 12"
+    record = next(c for c in state["calls"] if c["role"] == "proposer" and c["index"] == 0)
+    assert (record["input_tokens"], record["output_tokens"]) == (20, 10)  # both model turns
+    assert record["ok"] and record["latency_s"] >= 0
+
+
+async def test_an_agent_that_fails_is_retried_and_recorded_like_a_model() -> None:
+    attempts = []
+
+    async def flaky(messages: list[BaseMessage]) -> AIMessage:
+        attempts.append(1)
+        if len(attempts) < 2:
+            raise ConnectionError("agent backend reset")
+        return AIMessage("Final answer: 12")
+
+    from langchain_core.runnables import RunnableLambda
+
+    config = SMoAConfig(
+        model="fake",
+        n_proposers=2,
+        k=1,
+        max_layers=1,
+        retry_backoff_s=0,
+        proposer_models=["flaky", "fake"],
+    )
+    graph = build_smoa_graph(
+        config, model_factory=fake_factory(), agents={"flaky": RunnableLambda(flaky)}
+    )
+    state = await graph.compile().ainvoke({"prompt": "q?"})
+    records = [c for c in state["calls"] if c["role"] == "proposer" and c["index"] == 0]
+    assert [r["ok"] for r in records] == [False, True] and "agent backend reset" in str(records)
