@@ -94,6 +94,14 @@ def is_transient(exc: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__)
 
 
+def is_model_error(exc: BaseException) -> bool:
+    """True for errors raised by a model endpoint or a provider SDK, not by bad input or a bug."""
+    import httpx
+
+    api_error = any(cls.__name__ == "APIError" for cls in type(exc).__mro__)  # OpenAI-style SDKs
+    return isinstance(exc, (ModelError, httpx.HTTPError)) or api_error or is_transient(exc)
+
+
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 _SECRET_TEXT = re.compile(r"(?i)\bbearer\s+[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{8,}")
 
