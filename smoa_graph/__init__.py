@@ -1,5 +1,6 @@
 """Sparse Mixture-of-Agents (SMoA) as a LangGraph workflow."""
 
+from smoa_graph.chat_model import SMoAChatModel
 from smoa_graph.config import SMoAConfig
 from smoa_graph.graph import build_smoa_graph
 from smoa_graph.models import ModelConfigError, ModelFactory, ModelRequest, default_model_factory
@@ -12,6 +13,7 @@ __all__ = [
     "ModelConfigError",
     "ModelFactory",
     "ModelRequest",
+    "SMoAChatModel",
     "SMoAConfig",
     "build_smoa_graph",
     "default_model_factory",
