@@ -377,8 +377,8 @@ class _Server:
         if scheme.lower() != "bearer" or not given:
             raise APIError(
                 401,
-                f"no API key: send the header 'Authorization: Bearer KEY' with the key in "
-                f"{API_KEY_ENV} on the server",
+                f"no API key: give the client the key in {API_KEY_ENV} on the server as its "
+                "api_key (the header Authorization: Bearer, then the key)",
                 code="invalid_api_key",
             )
         if not hmac.compare_digest(given.strip().encode(), key.encode()):

@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from smoa_graph import SMoAConfig, build_smoa_graph
 from smoa_graph.cli import main
 from smoa_graph.config import PRESET_DEFAULTS
-from smoa_graph.models import ModelRequest
+from smoa_graph.models import ModelConfigError, ModelRequest
 from smoa_graph.server import ServerSettings, create_app, loopback_hosts
 from smoa_graph.testing import FakeChatModel
 
@@ -234,6 +234,23 @@ def test_a_request_config_equal_to_the_defaults_is_honoured(recorder: Recorder) 
     assert aggregator.prompt.count("Final answer: 42") == 2  # k=2, not the server's 3
 
 
+def test_trusted_clients_may_choose_models() -> None:
+    recorder = Recorder()
+
+    def factory(request: ModelRequest) -> FakeChatModel:
+        if request.spec == "broken":
+            raise ModelConfigError("model 'broken': no such provider")
+        return recorder(request)
+
+    with serving(make_app(factory, trust_request_models=True)) as base_url:
+        chosen = post(base_url, {"model": "smoa", "messages": QUESTION, "smoa": {"model": "m2"}})
+        broken = post(
+            base_url, {"model": "smoa", "messages": QUESTION, "smoa": {"model": "broken"}}
+        )
+    assert chosen.status_code == 200 and {r.spec for r in recorder.requests} == {"m2"}
+    assert broken.status_code == 400 and "no such provider" in broken.json()["error"]["message"]
+
+
 def test_model_picks_the_preset(url: str, recorder: Recorder) -> None:
     reply = post(url, {"model": "single", "messages": QUESTION})
     assert reply.status_code == 200, reply.text
@@ -381,6 +398,10 @@ def test_bearer_key(recorder: Recorder) -> None:
         models = httpx.get(f"{base_url}/v1/models")
         assert missing.status_code == wrong.status_code == models.status_code == 401
         assert missing.json()["error"]["type"] == "authentication_error"
+        assert (
+            "give the client the key in SMOA_SERVER_API_KEY" in missing.json()["error"]["message"]
+        )
+        assert wrong.json()["error"]["message"] == "wrong API key"
         assert all(key not in r.text for r in (missing, wrong, models))
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key)
         reply = client.chat.completions.create(model="smoa", messages=QUESTION)  # type: ignore[arg-type]
