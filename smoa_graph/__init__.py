@@ -1,6 +1,7 @@
 """Sparse Mixture-of-Agents (SMoA) as a LangGraph workflow."""
 
 from smoa_graph.attempts import failed_calls
+from smoa_graph.chat_model import SMoAChatModel
 from smoa_graph.config import SMoAConfig
 from smoa_graph.errors import AllProposersFailedError, InvalidInputError
 from smoa_graph.graph import build_smoa_graph
@@ -20,6 +21,7 @@ __all__ = [
     "ModelConfigError",
     "ModelFactory",
     "ModelRequest",
+    "SMoAChatModel",
     "SMoAConfig",
     "build_smoa_graph",
     "default_model_factory",

@@ -39,6 +39,18 @@ def failed_calls(error: BaseException) -> list[CallRecord]:
     return list(getattr(error, _FAILED_CALLS, ()))
 
 
+def is_model_error(error: BaseException) -> bool:
+    """True for errors of a model call (an endpoint, a provider SDK, or a call that failed for
+    good), not of bad input, a file or a bug."""
+    import httpx
+    from langchain_core.exceptions import ModelError
+
+    api_error = any(cls.__name__ == "APIError" for cls in type(error).__mro__)  # OpenAI-style
+    return (
+        isinstance(error, (ModelError, httpx.HTTPError)) or api_error or bool(failed_calls(error))
+    )
+
+
 def failure_records(
     error: BaseException, *, role: str, layer: int, index: int | None, spec: str
 ) -> list[CallRecord]:

@@ -25,7 +25,7 @@ from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
 from smoa_graph._compat import error_handler_name
-from smoa_graph.attempts import failed_calls
+from smoa_graph.attempts import is_model_error
 from smoa_graph.config import SMoAConfig, config_problems
 from smoa_graph.errors import AllProposersFailedError, InvalidInputError
 from smoa_graph.graph import build_smoa_graph, sqlite_checkpointer
@@ -408,6 +408,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- serve -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``smoa serve``: the OpenAI-compatible HTTP server (docs/serving.md)."""
+    try:
+        from smoa_graph.server import ServerSettings, serve
+    except ImportError as exc:
+        raise CLIError(
+            f"smoa serve needs the server extra: pip install 'smoa-graph[server]' ({exc})",
+            EXIT_USAGE,
+        ) from None
+    values = config_values(args)
+    validated(SMoAConfig.model_validate, values)
+    settings = ServerSettings(
+        max_concurrent_runs=args.max_concurrent_runs,
+        max_body_bytes=args.max_body_bytes,
+        drain_timeout_s=args.drain_timeout_s,
+        log_prompts=args.log_prompts,
+        trust_request_models=args.trust_request_models,
+    )
+    serve(values, settings, host=args.host, port=args.port)
+    return 0
+
+
 # -- local server ------------------------------------------------------------------------------
 
 
@@ -445,6 +470,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -507,6 +540,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
 
+    api = sub.add_parser("serve", help="serve SMoA over an OpenAI-compatible HTTP API")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    api.add_argument("--port", type=int, default=8000, help="port to listen on")
+    api.add_argument(
+        "--max-concurrent-runs",
+        type=positive_int,
+        default=8,
+        help="runs in flight at once; further requests get 429 with Retry-After",
+    )
+    api.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=2 * 1024 * 1024,
+        help="largest request body; a larger one gets 413 before it is parsed",
+    )
+    api.add_argument(
+        "--drain-timeout-s",
+        type=positive_int,
+        default=30,
+        help="on SIGTERM, wait this long for runs in flight before cancelling them",
+    )
+    api.add_argument(
+        "--log-prompts", action="store_true", help="log each request's question (off: no prompts)"
+    )
+    api.add_argument(
+        "--trust-request-models",
+        action="store_true",
+        help="let requests choose model specs, endpoints, the API-key variable and the roles "
+        "folder (only for trusted clients: a request could send the server's keys anywhere)",
+    )
+    api.add_argument("--config", help="JSON file of config fields (flags override it)")
+    add_config_flags(api)
+    api.set_defaults(func=cmd_serve)
+
     serve = sub.add_parser("serve-local", help="start the embedded model server in the background")
     serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     serve.add_argument("--parallel", type=int, default=4, help="parallel slots (-np)")
@@ -526,9 +593,6 @@ def _describe(exc: BaseException) -> tuple[str, int]:
     """A one-line message and exit code for an expected failure."""
     import sqlite3
 
-    import httpx
-    from langchain_core.exceptions import ModelError
-
     from smoa_graph.local_server import LocalServerError
 
     if isinstance(exc, CLIError):
@@ -537,9 +601,7 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), EXIT_USAGE
     if isinstance(exc, (LocalServerError, AllProposersFailedError)):
         return str(exc), EXIT_RUNTIME
-    api_error = any(cls.__name__ == "APIError" for cls in type(exc).__mro__)  # OpenAI-style SDKs
-    from_a_call = bool(failed_calls(exc))  # a model call failed for good with it
-    if isinstance(exc, (ModelError, httpx.HTTPError)) or api_error or from_a_call:
+    if is_model_error(exc):
         return f"model endpoint error: {describe_error(exc)}", EXIT_RUNTIME
     if isinstance(exc, (OSError, sqlite3.Error)):
         return describe_error(exc), EXIT_RUNTIME

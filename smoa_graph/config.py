@@ -370,14 +370,18 @@ class SMoAConfig(BaseModel):
         return [DEFAULT_ROLES[i % len(DEFAULT_ROLES)] for i in range(self.n_proposers)]
 
 
+def validation_problems(error: ValidationError) -> list[str]:
+    """Each problem of a config ``ValidationError`` as ``field: what is wrong (and the fix)``."""
+    problems = []
+    for problem in error.errors():
+        where = ".".join(map(str, problem["loc"]))
+        problems.append(f"{where}: " * bool(where) + problem["msg"].removeprefix("Value error, "))
+    return problems
+
+
 def config_problems(error: ValidationError) -> str:
     """A validation error as one line: ``field: what is wrong and the fix; ...``."""
-    return "; ".join(
-        ".".join(map(str, e["loc"]))
-        + ": " * bool(e["loc"])
-        + e["msg"].removeprefix("Value error, ")
-        for e in error.errors()
-    )
+    return "; ".join(validation_problems(error))
 
 
 def _context_fields() -> dict[str, Any]:
