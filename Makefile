@@ -37,7 +37,7 @@ integration: setup
 # The unit suite on the newest langgraph and langchain-core the pins allow, in a venv of its own.
 compat-latest:
 	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,bench]"
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,bench,server]"
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -E "^(langgraph|langchain-core) "
 	.venv-latest/bin/python -m pytest tests/unit -q
 

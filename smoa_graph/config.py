@@ -98,7 +98,9 @@ class SMoAConfig(BaseModel):
     preset: Preset = Field(
         "smoa",
         description="single: one model answers; moa: dense Mixture-of-Agents (k = n, no early "
-        "stop); smoa: sparse, a judge keeps k of n responses and a moderator may stop early. "
+        "stop); smoa: sparse, a judge keeps k of n responses and a moderator may stop early; "
+        "self-consistency: majority vote over n samples; self-moa: one aggregator over n samples "
+        "of one model; mad: multi-agent debate; smoa-paper: the SMoA paper's configuration. "
         "Fields you leave unset take the preset's value.",
     )
     n_proposers: int = Field(
@@ -172,7 +174,8 @@ class SMoAConfig(BaseModel):
         description="How a layer's proposer calls reach the backend. parallel: all at once; "
         "sequential: one after another, so a backend that caches prompt prefixes per slot "
         "(llama-server) reads the layer's shared prefix once; prefix-first: one call, then the "
-        "rest together; auto: sequential on the embedded local model, parallel elsewhere.",
+        "rest together; auto: sequential on the embedded local model from layer 2 on (its "
+        "proposers share the references to read), parallel elsewhere.",
     )
     model: str = Field(
         "local",

@@ -19,14 +19,15 @@ from smoa_graph.config import SMoAConfig
 Dispatch = Literal["parallel", "sequential", "prefix-first"]
 
 
-def dispatch_policy(cfg: SMoAConfig) -> Dispatch:
-    """``cfg.proposer_dispatch``; ``auto`` is sequential when every proposer is the embedded
-    local model, parallel otherwise."""
+def dispatch_policy(cfg: SMoAConfig, shared_references: bool) -> Dispatch:
+    """``cfg.proposer_dispatch``; ``auto`` is sequential when the calls share references to
+    read (layer 2 on) and every proposer is the embedded local model, parallel otherwise
+    (short prompts: generating in parallel slots is faster)."""
     if cfg.proposer_dispatch != "auto":
         return cfg.proposer_dispatch
     specs = {cfg.proposer_model(i) for i in range(cfg.n_proposers)}
     local = all(spec == "local" or spec.startswith("local:") for spec in specs)
-    return "sequential" if local else "parallel"
+    return "sequential" if local and shared_references else "parallel"
 
 
 class DispatchGate:

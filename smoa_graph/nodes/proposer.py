@@ -86,7 +86,8 @@ async def propose(kit: NodeKit, task: ProposerTask, runtime: Runtime[Any]) -> di
     attempts = CallAttempts(
         cfg, "proposer", layer, index, request.spec, timeout_s=cfg.proposer_timeout_s
     )
-    async with kit.dispatch_gate(task["dispatch_key"], dispatch_policy(cfg)).turn():
+    policy = dispatch_policy(cfg, bool(task["references"]))
+    async with kit.dispatch_gate(task["dispatch_key"], policy).turn():
         text, record = await attempts.run(
             lambda: stream_text(
                 model,

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +52,11 @@ def check_calls(state: dict) -> None:
     [
         ({"preset": "single"}, 1, 1),
         ({"preset": "moa", "n_proposers": 3, "k": 3, "max_layers": 2}, 2, 3 + 3 + 1),
+        ({"preset": "self-consistency", "n_proposers": 3}, 1, 3),
+        ({"preset": "self-moa", "n_proposers": 3}, 1, 3 + 1),
+        ({"preset": "mad", "n_proposers": 2, "max_layers": 2}, 2, 2 + 2),
     ],
+    ids=lambda value: value.get("preset") if isinstance(value, dict) else str(value),
 )
 async def test_fixed_presets(fields: dict, layers: int, calls: int) -> None:
     graph = build_smoa_graph(SMoAConfig(**SMALL, **fields)).compile()
@@ -62,10 +68,28 @@ async def test_fixed_presets(fields: dict, layers: int, calls: int) -> None:
     assert all("UnusableResponseError" in c["error"] for c in failed), failed
     assert len(state["layers"]) == layers and len(ok_calls(state)) + len(failed) == calls
     check_calls(state)
+    if fields["preset"] in ("self-consistency", "mad") and state.get("vote"):
+        assert state["vote"]["method"].startswith(("majority", "most consistent"))
+
+
+async def test_smoa_paper_on_the_local_model(tmp_path: Path) -> None:
+    config = SMoAConfig(**SMALL, preset="smoa-paper", roles_cache_dir=str(tmp_path))
+    state = await build_smoa_graph(config).compile().ainvoke({"prompt": QUESTION})
+    assert state["answer"].strip()
+    check_calls(state)
+    layers = len(state["layers"])
+    by_role = Counter(c["role"] for c in ok_calls(state))
+    failed = sum(not c["ok"] for layer in state["layers"] for c in layer["candidates"])
+    assert by_role["roles"] == 1 and by_role["aggregator"] == 1
+    assert by_role["proposer"] + failed == 4 * layers and by_role["judge"] <= layers
+    assert sum(by_role.values()) + failed <= 12  # 11 a query (6 when round 1 ends it) + roles
+    assert len(state["roles"]) == 4
 
 
 async def test_smoa_judge_and_moderator_parse_under_constrained_output() -> None:
-    config = SMoAConfig(**SMALL, n_proposers=4, k=2, max_layers=2, moderator="model")
+    config = SMoAConfig(
+        **SMALL, n_proposers=4, k=2, max_layers=2, moderator="model", proposer_dispatch="parallel"
+    )
     graph = build_smoa_graph(config).compile()
     started = time.perf_counter()
     state = await graph.ainvoke({"prompt": QUESTION})

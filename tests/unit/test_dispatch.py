@@ -59,6 +59,7 @@ def test_proposers_of_a_layer_share_everything_but_their_role_at_the_end() -> No
     ("fields", "policy"),
     [
         ({"model": "local"}, "sequential"),
+        ({"model": "local", "max_layers": 1}, "sequential"),
         ({"model": "openai:gpt-4o-mini"}, "parallel"),
         ({"model": "local", "proposer_models": ["local", "m@http://h/v1"] * 2}, "parallel"),
         ({"model": "local", "proposer_dispatch": "parallel"}, "parallel"),
@@ -68,7 +69,9 @@ def test_proposers_of_a_layer_share_everything_but_their_role_at_the_end() -> No
 def test_auto_dispatch_is_sequential_only_on_the_local_model(
     fields: dict[str, Any], policy: str
 ) -> None:
-    assert dispatch_policy(SMoAConfig(**fields)) == policy
+    assert dispatch_policy(SMoAConfig(**fields), shared_references=True) == policy
+    first_layer = dispatch_policy(SMoAConfig(**fields), shared_references=False)
+    assert first_layer == ("parallel" if policy == "sequential" else policy)
 
 
 class Overlap(FakeChatModel):
