@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
+Q ?= Tom has 7 apples. He buys 5 more apples at the market. How many apples does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
 .PHONY: setup ask test lint unit integration compat-latest bench-local bench-orchestration bench-faults bench-server stop-local clean

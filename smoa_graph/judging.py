@@ -1,7 +1,13 @@
-"""How candidates are shown to the judge and moderator, and how their verdicts are validated.
+"""How candidates are shown to models, what of a model's text may reach an answer, and how the
+judge's verdicts are validated.
 
-Candidates stand between markers carrying a nonce derived from their text; marker-like text inside
-a response is defused, so a response cannot impersonate another one or the output format.
+Models that choose (judge, moderator, consistency pick) see candidates between numbered markers
+carrying a nonce derived from their text; marker-like text inside a response is defused, so a
+response cannot impersonate another one or the output format. Models that write free text from
+candidates (later proposers, the aggregator, a debate) see them as plain blocks headed "--- first
+answer ---", with no number or nonce a small model could copy into its answer as if it were part
+of it. ``clean_answer`` removes what such a model still echoes (markers in any mangled form, block
+headers, a run of one repeated line) from what becomes ``answer``; the stream is left as sent.
 
 Judge fallback rule (deterministic, never random): valid indices are kept in the judge's order
 (out-of-range, non-integer and repeated ones are dropped and reported); when fewer than k remain,
@@ -12,6 +18,7 @@ most common final answer, then by proposer order.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +26,57 @@ from typing import Any
 from smoa_graph.answers import extract_final_answer, json_objects
 from smoa_graph.schemas import CRITIQUE_MAX_CHARS, REASONING_MAX_CHARS
 
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+_BLOCK_RULE = re.compile(r"^(\s*)-{3,}", re.M)
+# A candidate marker as models echo it: "<<<RESPONSE 5 b5d12902>>", "< < <END RESPONSE 2 ...> > >",
+# or without brackets but with its nonce; also the plain blocks' "--- second answer ---" headers.
+_ECHO = re.compile(
+    r"[< \t]*<[ \t]*(?:END[ \t]+)?RESPONSE[ \t]+\d+\b[^\n>]*>?[> \t]*"
+    r"|\b(?:END[ \t]+)?RESPONSE[ \t]+\d+[ \t]+[0-9a-f]{8}\b[> \t]*"
+    r"|^[ \t]*-{2,}[ \t]*(?:\w+[ \t]+answer|end[ \t]+of[ \t]+the[ \t]+answers)[ \t]*-{2,}[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
 
 def _defuse(text: str) -> str:
-    return text.replace("<<<", "< < <").replace(">>>", "> > >")
+    text = text.replace("<<<", "< < <").replace(">>>", "> > >")
+    return _BLOCK_RULE.sub(r"\1- - -", text)
+
+
+def ordinal(number: int) -> str:
+    """``first``, ``second``, ... (``9th`` on): block names that hold no digit to copy."""
+    return _ORDINALS[number - 1] if number <= len(_ORDINALS) else f"{number}th"
+
+
+def format_answers(texts: list[str]) -> str:
+    """Texts as plain blocks for a model that writes free text from them (no numbers to copy)."""
+    blocks = [f"--- {ordinal(i)} answer ---\n{_defuse(t.strip())}" for i, t in enumerate(texts, 1)]
+    return "\n\n".join([*blocks, "--- end of the answers ---"])
+
+
+def marker_echoes(text: str) -> list[str]:
+    """The candidate markers and block headers echoed in ``text``."""
+    return [m.group().strip() for m in _ECHO.finditer(text)]
+
+
+def remove_markers(text: str) -> str:
+    """``text`` with every echoed marker and block header removed (scorers read this)."""
+    lines = (line.rstrip() for line in _ECHO.sub(" ", text).splitlines())
+    return "\n".join(line for line in lines if line.strip()).strip()
+
+
+def clean_answer(text: str) -> str:
+    """What of a model's text may be the answer: up to the first echoed marker or block header
+    when there is an answer before it (what follows is an imitated extra response), else the
+    text without them; a line repeated over and over kept once. Never empties an answer."""
+    first = _ECHO.search(text)
+    if first is not None and any(ch.isalnum() for ch in text[: first.start()]):
+        text = text[: first.start()]
+    lines: list[str] = []
+    for line in remove_markers(text).splitlines():
+        if not lines or line.strip() != lines[-1].strip():
+            lines.append(line)
+    return "\n".join(lines).strip() or text.strip()
 
 
 def format_candidates(texts: list[str], start: int = 1) -> tuple[str, str]:
@@ -32,15 +87,6 @@ def format_candidates(texts: list[str], start: int = 1) -> tuple[str, str]:
         for i, t in enumerate(texts, start)
     ]
     return "\n\n".join(blocks), nonce
-
-
-def strip_marker_echoes(text: str, nonce: str) -> str:
-    """``text`` without the lines that echo a candidate marker (they carry the prompt's nonce).
-
-    Small models copy the markers of the responses they were shown into their own answer.
-    """
-    kept = "\n".join(line for line in text.splitlines() if nonce not in line).strip()
-    return kept or text.strip()
 
 
 def parse_json_object(parsed: Any, text: str) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ PROMPT_VARIABLES: dict[str, frozenset[str]] = {
     "role": frozenset({"role"}),
     "references": frozenset({"prompt", "critique", "responses"}),
     "debate": frozenset({"prompt", "responses"}),
-    "own": frozenset({"number"}),
+    "own": frozenset({"ordinal"}),
     "consistent": frozenset({"n", "nonce", "prompt", "responses", "format"}),
     "judge": frozenset({"n", "k", "nonce", "moderation", "prompt", "responses", "format"}),
     "moderator": frozenset({"layer", "max_layers", "nonce", "prompt", "responses", "format"}),

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from smoa_graph.answers import extract_number, json_objects, normalize_number
 from smoa_graph.bench.datasets import BenchItem
+from smoa_graph.judging import remove_markers
 
 
 def score_numeric(answer: str, reference: str) -> bool:
@@ -243,9 +244,11 @@ def score_exact(answer: str, reference: str) -> bool:
 def score(item: BenchItem, answer: str) -> dict[str, Any]:
     """Score an answer to a rule-scored item; always returns ``correct`` plus kind details.
 
-    ``open`` items need an LLM judge: use :func:`score_rubric`.
+    ``open`` items need an LLM judge: use :func:`score_rubric`. Echoed candidate markers are
+    removed first: a number in "<<<RESPONSE 7 ...>>>" is never read as the answer.
     """
     reference = item.reference or ""
+    answer = remove_markers(answer)
     if item.kind == "numeric":
         return {"correct": score_numeric(answer, reference), "extracted": extract_number(answer)}
     if item.kind == "choice":

@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 from smoa_graph.attempts import CallAttempts
 from smoa_graph.config import SMoAConfig
 from smoa_graph.consistency import majority_vote
-from smoa_graph.judging import format_candidates, strip_marker_echoes, validate_verdict
+from smoa_graph.judging import clean_answer, format_answers, format_candidates, validate_verdict
 from smoa_graph.models import stream_text
 from smoa_graph.nodes.kit import NodeKit, aggregator_request
 from smoa_graph.prompts import render, request_text
@@ -31,11 +31,10 @@ async def synthesise(
 ) -> tuple[str, list[CallRecord]]:
     """One streamed aggregator call over the selected responses: the answer and its calls."""
     layer = state["layer"]
-    responses, nonce = format_candidates([c["text"] for c in selected])
     text = render(
         "aggregator",
         prompt=request_text(state["question"], state.get("history", "")),
-        responses=responses,
+        responses=format_answers([c["text"] for c in selected]),
     )
     request = aggregator_request(cfg)
     model = kit.model(request)
@@ -50,7 +49,7 @@ async def synthesise(
             final=True,
         )
     )
-    return strip_marker_echoes(streamed, nonce), attempts.succeeded(record)  # stream as sent
+    return clean_answer(streamed), attempts.succeeded(record)  # the stream is left as sent
 
 
 async def vote(
@@ -67,7 +66,7 @@ async def vote(
             tie=result.tie,
             method="majority",
         )
-        return texts[result.winner_index], record, []
+        return clean_answer(texts[result.winner_index]), record, []
     responses, nonce = format_candidates(texts)
     prompt = render(
         "consistent",
@@ -83,7 +82,7 @@ async def vote(
     method = "most consistent" + (f" (fallback: {picked.fallback})" if picked.fallback else "")
     winner = selected[picked.selected[0]]
     record = VoteRecord(counts={}, winner=None, winner_index=winner["index"], tie=[], method=method)
-    return winner["text"], record, calls
+    return clean_answer(winner["text"]), record, calls
 
 
 async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
@@ -93,7 +92,7 @@ async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> di
     update: dict[str, Any] = {}
     calls: list[CallRecord] = []
     if cfg.is_single:
-        answer = selected[0]["text"]
+        answer = clean_answer(selected[0]["text"])
     elif cfg.finish == "vote":
         answer, update["vote"], calls = await vote(kit, cfg, state, selected)
     else:

@@ -17,7 +17,7 @@ from langgraph.types import Command, Send
 
 from smoa_graph.attempts import CallAttempts, failure_records
 from smoa_graph.errors import UnusableResponseError
-from smoa_graph.judging import format_candidates
+from smoa_graph.judging import format_answers, ordinal
 from smoa_graph.models import stream_text
 from smoa_graph.nodes.dispatch import dispatch_policy
 from smoa_graph.nodes.kit import NodeKit, proposer_request
@@ -32,16 +32,16 @@ def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
     request = request_text(task["prompt"], task["history"])
     references = [c["text"] for c in task["references"]]
     if references and task["debate"]:
-        request = render("debate", prompt=request, responses=format_candidates(references)[0])
+        request = render("debate", prompt=request, responses=format_answers(references))
     elif references:
         critique = f"\nJudge's notes on the previous round: {task['critique']}\n"
         request = render(
             "references",
             prompt=request,
             critique=critique if task["critique"] else "",
-            responses=format_candidates(references)[0],
+            responses=format_answers(references),
         )
-    own = [render("own", number=task["own"])] if task["own"] is not None else []
+    own = [render("own", ordinal=ordinal(task["own"]))] if task["own"] is not None else []
     role = [render("role", role=task["role"])] if task["role"] else []
     return [
         SystemMessage(render("proposer")),

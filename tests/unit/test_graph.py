@@ -30,8 +30,8 @@ def run_graph(
 
 
 def n_responses(prompt: str) -> int:
-    """How many delimited candidate responses a prompt shows."""
-    return len(re.findall(r"<<<RESPONSE \d+ [0-9a-f]{8}>>>", prompt))
+    """How many candidate responses a prompt shows (marked for the judge, plain elsewhere)."""
+    return len(re.findall(r"<<<RESPONSE \d+ [0-9a-f]{8}>>>|^--- \w+ answer ---$", prompt, re.M))
 
 
 def calls_of(factory: Any, role: str) -> list[FakeCall]:
@@ -146,7 +146,7 @@ async def test_moa_preset_passes_all_n_and_never_stops_early() -> None:
     assert all(len(layer["judge"]["selected"]) == 4 for layer in out["layers"])
     for call in calls_of(factory, "proposer"):
         assert n_responses(call.prompt) == (0 if call.layer == 1 else 4)
-    assert calls_of(factory, "aggregator")[0].prompt.count("<<<RESPONSE ") == 4
+    assert n_responses(calls_of(factory, "aggregator")[0].prompt) == 4
 
 
 async def test_single_preset_is_one_call() -> None:
@@ -383,8 +383,9 @@ async def test_marker_lines_echoed_by_the_aggregator_are_left_out_of_the_answer(
     def responder(call: FakeCall) -> str:
         if call.role != "aggregator":
             return default_responder(call)
-        nonce = re.search(r"<<<RESPONSE 1 (\w+)>>>", call.prompt).group(1)  # type: ignore[union-attr]
-        return f"<<<RESPONSE 1 {nonce}>>\nThe answer is 42.\n< <END RESPONSE 1 {nonce}> >"
+        return (
+            "--- first answer ---\n<<<RESPONSE 1 0badc0de>>\nThe answer is 42.\n< <END RESPONSE 1>"
+        )
 
     graph, _ = run_graph(SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=1), responder)
     out = await graph.ainvoke({"prompt": "q"})

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from smoa_graph import SMoAConfig, build_smoa_graph
 from smoa_graph.config import PRESET_DEFAULTS
+from smoa_graph.judging import ordinal
 from smoa_graph.testing import FakeCall, FakeChatModel, default_responder, fake_factory
 
 
@@ -140,7 +141,9 @@ async def test_mad_agents_read_every_previous_answer_and_know_their_own() -> Non
     second = proposer_prompts(factory, 2)
     for index, prompt in second.items():
         assert all(f"Proposer {i} reasons" in prompt for i in range(3))  # no judge between
-        assert prompt.endswith(f"Your own previous answer is response {index + 1}.")
+        assert prompt.endswith(
+            f"Your own previous answer is the {ordinal(index + 1)} answer above."
+        )
     assert calls_by_role(state) == {"proposer": 6} and state["vote"]["winner"] == "12"
 
 
