@@ -165,7 +165,8 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
         if node in ("judge", error_handler_name("judge")) and value.get("layers"):
             record = value["layers"][0]
             judge = record["judge"]
-            how = "judge" if judge["called"] else "all kept" if not judge["fallback"] else "rule"
+            method = judge.get("method", "judge" if judge["called"] else "all")
+            how = {"all": "all kept", "vote": "vote"}.get(method, method)
             note = f" (fallback: {judge['fallback']})" if judge["fallback"] else ""
             return f"{clock} layer {record['layer']}: selected {judge['selected']} by {how}{note}"
         if node in ("moderator", error_handler_name("moderator")):

@@ -139,11 +139,37 @@ class SMoAConfig(BaseModel):
         description="Give each proposer its role (persona). Off: every proposer gets the same "
         "prompt, i.e. plain samples of its model (an ablation; self-consistency, self-moa, mad).",
     )
-    selection: Literal["judge", "all"] = Field(
+    selection: Literal["judge", "vote", "all"] = Field(
         "judge",
         description="How a layer selects the responses that flow on. judge: the judge keeps k "
-        "of them (no call when k or fewer succeeded); all: every response is forwarded, k is "
-        "not used (dense, as MoA; an ablation of SMoA).",
+        "of them (no call when k or fewer succeeded); vote: without a call, one response for "
+        "each of the k most-supported extracted answers (the judge decides ties at the cut and "
+        "responses without an extractable answer); all: every response is forwarded, k is not "
+        "used (dense, as MoA; an ablation of SMoA).",
+    )
+    activation: Literal["all", "selected"] = Field(
+        "all",
+        description="Which proposers answer in a later layer. all: every one (the paper); "
+        "selected: only those whose responses the layer before selected, as a sparse mixture "
+        "of experts activates its top-k experts.",
+    )
+    judge_view_chars: int | None = Field(
+        None,
+        ge=20,
+        description="Show the judge each candidate cut to this many characters plus its "
+        "final-answer line (a bounded judge view); default: whole responses.",
+    )
+    stop_share: float | None = Field(
+        None,
+        gt=0.5,
+        le=1.0,
+        description="Also stop when at least this share of the layer's extracted answers agree "
+        "(all of its responses, not only the selected ones); default: off.",
+    )
+    final_layer_judge: bool = Field(
+        True,
+        description="Call the judge on the last allowed layer too. Off: that layer forwards "
+        "every response to the aggregator (no judge call; the aggregator reads more).",
     )
     early_stop: bool = Field(
         True,

@@ -43,9 +43,10 @@ class CallRecord(TypedDict):
 
 
 class JudgeRecord(TypedDict):
-    """What the judge selected and how."""
+    """What the judge selected and how (``method``: judge, vote, all or rule)."""
 
     selected: list[int]
+    method: str
     reasoning: str
     critique: str
     called: bool

@@ -7,12 +7,14 @@ good or its verdict is unusable, the deterministic rule of ``judging.validate_ve
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
 from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
 
+from smoa_graph.answers import extract_final_answer
 from smoa_graph.attempts import failure_records
 from smoa_graph.config import SMoAConfig
 from smoa_graph.errors import AllProposersFailedError
@@ -41,21 +43,39 @@ def survivors(
     return state["layer"] + 1, candidates, ok, min(cfg.k, len(ok))
 
 
+def vote_selection(texts: list[str], k: int) -> list[int] | None:
+    """Positions of one response for each of the k most-supported extracted answers (all the
+    responses of the top answers when fewer than k differ); ``None`` when a vote cannot decide:
+    a response without an extractable answer, or a tie at the cut."""
+    answers = [extract_final_answer(t) for t in texts]
+    if any(a is None for a in answers):
+        return None
+    counts = Counter(answers)
+    ranked = sorted(dict.fromkeys(answers), key=lambda a: -counts[a])  # stable: first given first
+    if len(ranked) >= k:
+        if len(ranked) > k and counts[ranked[k - 1]] == counts[ranked[k]]:
+            return None
+        return [answers.index(a) for a in ranked[:k]]
+    order = sorted(range(len(texts)), key=lambda i: (ranked.index(answers[i]), i))
+    return order[:k]
+
+
 def judged(
     layer: int,
     candidates: list[Candidate],
     ok: list[Candidate],
     verdict: Verdict,
     calls: list[CallRecord],
-    called: bool,
+    method: str,
 ) -> dict[str, Any]:
     """The judge's update: the selection flows on, the layer's record is appended."""
     selected = [ok[i] for i in verdict.selected]
     record = JudgeRecord(
         selected=[c["index"] for c in selected],
+        method=method,
         reasoning=verdict.reasoning,
         critique=verdict.critique,
-        called=called,
+        called=method == "judge",
         fallback=verdict.fallback,
         stop_vote=verdict.stop_vote,
     )
@@ -68,10 +88,21 @@ def judged(
     }
 
 
+def bounded_view(text: str, chars: int) -> str:
+    """``text`` cut to ``chars`` characters, its final-answer line kept (a bounded judge view)."""
+    text = text.strip()
+    if len(text) <= chars:
+        return text
+    final = [line for line in text.splitlines() if "final answer" in line.lower()][-1:]
+    return "\n".join([text[:chars].rstrip() + " [...]", *final])
+
+
 def judge_prompt(
     state: LayerState, cfg: SMoAConfig, texts: list[str], k: int, layer: int, with_stop: bool
 ) -> str:
     """The judge's prompt for these candidate texts (and the stop question when merged)."""
+    if cfg.judge_view_chars is not None:
+        texts = [bounded_view(t, cfg.judge_view_chars) for t in texts]
     responses, nonce = format_candidates(texts, cfg.judge_index_base)
     moderation = (
         "\nAlso say whether the selected responses are good and consistent enough to stop "
@@ -96,17 +127,22 @@ async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> dict[
     ``selection='all'``)."""
     cfg = kit.config(runtime)
     layer, candidates, ok, k = survivors(state, cfg)
-    if cfg.selection == "all" or len(ok) <= k:
+    last_unjudged = not cfg.final_layer_judge and layer >= cfg.max_layers
+    if cfg.selection == "all" or len(ok) <= k or last_unjudged:
         verdict = Verdict(list(range(len(ok))), "", "", None, None)
-        return judged(layer, candidates, ok, verdict, [], called=False)
-    with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
+        return judged(layer, candidates, ok, verdict, [], "all")
     texts = [c["text"] for c in ok]
+    picks = vote_selection(texts, k) if cfg.selection == "vote" else None
+    if picks is not None:
+        verdict = Verdict(picks, "the most-supported extracted answers", "", None, None)
+        return judged(layer, candidates, ok, verdict, [], "vote")
+    with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
     text = judge_prompt(state, cfg, texts, k, layer, with_stop)
     base = cfg.judge_index_base
     schema = judge_schema(len(ok), k, with_stop, base)
     data, calls = await kit.control_call(cfg, "judge", layer, text, schema)
     verdict = validate_verdict(data, texts, k, base)
-    return judged(layer, candidates, ok, verdict, calls, called=True)
+    return judged(layer, candidates, ok, verdict, calls, "judge")
 
 
 def judge_failed(
@@ -120,4 +156,4 @@ def judge_failed(
     )
     verdict = validate_verdict(None, [c["text"] for c in ok], k)
     verdict = replace(verdict, fallback=f"judge call failed ({calls[-1]['error']})")
-    return judged(layer, candidates, ok, verdict, calls, called=False)
+    return judged(layer, candidates, ok, verdict, calls, "rule")

@@ -15,12 +15,20 @@ from langgraph.types import Command
 
 from smoa_graph.attempts import failure_records
 from smoa_graph.config import SMoAConfig
-from smoa_graph.consistency import measure_agreement
+from smoa_graph.consistency import majority_vote, measure_agreement
 from smoa_graph.judging import format_candidates
 from smoa_graph.nodes.kit import NodeKit
 from smoa_graph.prompts import render, request_text
 from smoa_graph.schemas import MODERATOR_FORMAT, MODERATOR_SCHEMA
-from smoa_graph.state import CallRecord, ModeratorDecision, SMoAState
+from smoa_graph.state import CallRecord, Candidate, ModeratorDecision, SMoAState
+
+
+def majority_share(candidates: list[Candidate]) -> tuple[str, float] | None:
+    """The most common extracted answer of a layer's successful responses and its share."""
+    vote = majority_vote([c["text"] for c in candidates if c["ok"]])
+    if vote.winner is None:
+        return None
+    return vote.winner, vote.counts[vote.winner] / sum(c["ok"] for c in candidates)
 
 
 def decide(cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
@@ -46,6 +54,10 @@ def decide(cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
         return {**decision, "stop": False, "reason": "preset runs every layer"}, False
     if not cfg.early_stop:
         return {**decision, "stop": False, "reason": "early stop is off"}, False
+    share = majority_share(state["layers"][-1]["candidates"]) if state.get("layers") else None
+    if cfg.stop_share is not None and share is not None and share[1] >= cfg.stop_share:
+        reason = f"{share[1]:.0%} of the layer's answers agree on {share[0]}"
+        return {**decision, "agreed_answer": share[0], "reason": reason}, False
     agreement = measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
     if agreement is not None:
         decision["consistency"] = round(agreement.score, 4)

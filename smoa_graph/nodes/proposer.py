@@ -56,6 +56,9 @@ async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> lis
     references = state.get("selected") or []
     debate = cfg.reads == "others"
     position = {c["index"]: number for number, c in enumerate(references, 1)}
+    active = list(range(cfg.n_proposers))
+    if cfg.activation == "selected" and references:
+        active = sorted(position)  # a sparse mixture: only the selected proposers answer again
     return [
         Send(
             "propose",
@@ -72,7 +75,7 @@ async def fan_out(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> lis
                 dispatch_key=dispatch_key,
             ),
         )
-        for i in range(cfg.n_proposers)
+        for i in active
     ]
 
 

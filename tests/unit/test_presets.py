@@ -281,3 +281,70 @@ async def test_an_agent_that_fails_is_retried_and_recorded_like_a_model() -> Non
     state = await graph.compile().ainvoke({"prompt": "q?"})
     records = [c for c in state["calls"] if c["role"] == "proposer" and c["index"] == 0]
     assert [r["ok"] for r in records] == [False, True] and "agent backend reset" in str(records)
+
+
+# -- levers that make sparsity pay -------------------------------------------------------------
+
+
+async def test_selection_by_vote_makes_no_judge_call_when_the_answers_decide() -> None:
+    state, _ = await run(
+        "smoa", answers_by_index({0: 5, 1: 12, 2: 12, 3: 12}), max_layers=1, selection="vote"
+    )
+    judge = state["layers"][0]["judge"]
+    assert judge["method"] == "vote" and not judge["called"]
+    assert judge["selected"] == [1, 0]  # one response for 12 (three votes), one for 5
+    assert "judge" not in calls_by_role(state)
+
+
+@pytest.mark.parametrize(
+    ("answers", "why"),
+    [({0: 5, 1: 12, 2: 7, 3: 9}, "tie at the cut"), ({0: 5, 1: 5, 2: 7, 3: 9}, "tie at the cut")],
+)
+async def test_a_vote_that_cannot_decide_goes_to_the_judge(answers: dict, why: str) -> None:
+    state, _ = await run("smoa", answers_by_index(answers), max_layers=1, selection="vote")
+    assert state["layers"][0]["judge"]["method"] == "judge", why
+    assert calls_by_role(state)["judge"] == 1
+
+
+async def test_sparse_activation_runs_only_the_selected_proposers_again() -> None:
+    disagree = answers_by_index({0: 5, 1: 12, 2: 7, 3: 9})
+    state, factory = await run("smoa", disagree, max_layers=2, activation="selected")
+    selected = state["layers"][0]["judge"]["selected"]
+    assert sorted(proposer_prompts(factory, 2)) == sorted(selected)  # the judge's two
+    assert [len(layer["candidates"]) for layer in state["layers"]] == [4, 2]
+    assert calls_by_role(state)["judge"] == 1  # layer 2 has k responses: nothing to judge
+
+
+async def test_the_judge_sees_a_bounded_view_with_the_final_answer_line() -> None:
+    def long(call: FakeCall) -> str:
+        if call.role == "proposer":
+            return "word " * 200 + f"\nFinal answer: {call.index}"
+        return default_responder(call)
+
+    _, factory = await run("smoa", long, max_layers=1, judge_view_chars=60)
+    prompt = next(c.prompt for c in factory.models["fake"].calls if c.role == "judge")
+    assert prompt.count("word") < 4 * 20 and prompt.count("[...]\nFinal answer:") == 4
+
+
+async def test_early_stop_by_the_layers_majority() -> None:
+    three_of_four = answers_by_index({0: 12, 1: 12, 2: 12, 3: 7})
+
+    def responder(call: FakeCall) -> str:  # the judge picks the two that disagree
+        if call.role == "judge":
+            return '{"reasoning": "r", "chosen": [3, 4], "critique": ""}'
+        return three_of_four(call)
+
+    state, _ = await run("smoa", responder, max_layers=2, stop_share=0.75)
+    assert (
+        len(state["layers"]) == 1
+        and "75% of the layer's answers agree on 12" in (state["decisions"][0]["reason"])
+    )
+    state, _ = await run("smoa", responder, max_layers=2)  # without it: the selection disagrees
+    assert len(state["layers"]) == 2
+
+
+async def test_no_judge_call_on_the_last_allowed_layer() -> None:
+    disagree = answers_by_index({0: 5, 1: 12, 2: 7, 3: 9})
+    state, _ = await run("smoa", disagree, max_layers=2, final_layer_judge=False)
+    assert [layer["judge"]["method"] for layer in state["layers"]] == ["judge", "all"]
+    assert calls_by_role(state)["judge"] == 1 and len(state["selected"]) == 4
