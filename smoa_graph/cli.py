@@ -23,8 +23,9 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import ValidationError
 
+from smoa_graph.checkpoints import CheckpointDBError, database_errors, open_persistence
 from smoa_graph.config import SMoAConfig
-from smoa_graph.graph import aprepare_resume, build_smoa_graph, sqlite_checkpointer
+from smoa_graph.graph import aprepare_resume, build_smoa_graph
 from smoa_graph.models import ModelConfigError, describe_error, is_transient, redact
 from smoa_graph.nodes import AllProposersFailedError, InvalidInputError
 
@@ -243,18 +244,11 @@ async def _select(
 async def run_checkpointed(
     args: argparse.Namespace, values: dict[str, Any], question: str | None
 ) -> Outcome:
-    """Run a new question, or resume (``question=None``), on a thread in the SQLite file."""
-    from langgraph.store.sqlite.aio import AsyncSqliteStore
-
-    db = Path(args.checkpoint_db) if args.checkpoint_db else default_checkpoint_db()
-    db.parent.mkdir(parents=True, exist_ok=True)
+    """Run a new question, or resume (``question=None``), on a thread of the checkpoint DB."""
+    db = args.checkpoint_db or default_checkpoint_db()
     thread_id = args.thread_id or uuid.uuid4().hex[:12]
     run_config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-    async with (
-        sqlite_checkpointer(db) as saver,
-        AsyncSqliteStore.from_conn_string(str(db)) as store,
-    ):
-        await store.setup()
+    async with open_persistence(db) as (saver, store):
         if question is None:
             stored = await store.aget(THREADS, thread_id)
             if stored is None:
@@ -327,7 +321,7 @@ def format_review(outcome: Outcome, args: argparse.Namespace) -> str:
         mark = "*" if c["index"] in selected else " "
         text = " ".join(c["text"].split())[:160] if c["ok"] else f"FAILED: {c['error']}"
         lines.append(f" {mark} proposer {c['index']}: {text}")
-    db = f" --checkpoint-db {args.checkpoint_db}" if args.checkpoint_db else ""
+    db = f" --checkpoint-db {redact(args.checkpoint_db)}" if args.checkpoint_db else ""
     lines.append(
         f"(* = selected) go on with: smoa ask --resume --thread-id {outcome.thread_id}{db} "
         "[--select PROPOSER ...]"
@@ -396,7 +390,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rubric = args.rubric_model or variants[0].config.model
     rows = asyncio.run(
-        run_bench(variants, items, out, concurrency=args.concurrency, rubric_model=rubric)
+        run_bench(
+            variants,
+            items,
+            out,
+            concurrency=args.concurrency,
+            rubric_model=rubric,
+            checkpoint_db=args.checkpoint_db,
+        )
     )
     names = [v.name for v in variants]
     title = f"{args.dataset}: {len(items)} items, model {variants[0].config.model}"
@@ -469,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint the run under this id (a later question on it continues the chat)",
     )
     durable.add_argument(
-        "--checkpoint-db", help="SQLite file of the checkpoints; default: the cache folder"
+        "--checkpoint-db",
+        help="SQLite file or postgresql:// URL of the checkpoints; default: the cache folder",
     )
     durable.add_argument(
         "--resume",
@@ -506,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench_results/run", help="output folder (resumes)")
     bench.add_argument("--concurrency", type=int, default=1, help="runs in flight at once")
     bench.add_argument("--rubric-model", help="judge model for open-ended items; default: model")
+    bench.add_argument(
+        "--checkpoint-db",
+        help="SQLite file or postgresql:// URL; default: OUT/checkpoints.sqlite",
+    )
     bench.add_argument("--config", help="JSON file of shared config fields (flags override it)")
     add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
@@ -527,8 +533,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(exc: BaseException) -> tuple[str, int]:
     """A one-line message and exit code for an expected failure."""
-    import sqlite3
-
     import httpx
     from langchain_core.exceptions import ModelError
 
@@ -538,12 +542,14 @@ def _describe(exc: BaseException) -> tuple[str, int]:
         return str(exc), exc.code
     if isinstance(exc, (InvalidInputError, ModelConfigError)):
         return str(exc), EXIT_USAGE
+    if isinstance(exc, CheckpointDBError):
+        return str(exc), EXIT_USAGE if exc.usage else EXIT_RUNTIME
     if isinstance(exc, (LocalServerError, AllProposersFailedError)):
         return str(exc), EXIT_RUNTIME
     api_error = any(cls.__name__ == "APIError" for cls in type(exc).__mro__)  # OpenAI-style SDKs
     if isinstance(exc, (ModelError, httpx.HTTPError)) or api_error or is_transient(exc):
         return f"model endpoint error: {describe_error(exc)}", EXIT_RUNTIME
-    if isinstance(exc, (OSError, sqlite3.Error)):
+    if isinstance(exc, (OSError, *database_errors())):
         return describe_error(exc), EXIT_RUNTIME
     raise exc
 
@@ -561,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         message, code = _describe(exc)
-        hint = later if code == EXIT_RUNTIME else ""
+        hint = later if code == EXIT_RUNTIME and not isinstance(exc, CheckpointDBError) else ""
         print(f"smoa: error: {redact(message)}{hint}", file=sys.stderr)
         return code
 

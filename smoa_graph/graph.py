@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -32,9 +30,6 @@ from smoa_graph.config import SMoAConfig
 from smoa_graph.models import ModelFactory, ModelRequest, default_model_factory, is_transient
 from smoa_graph.nodes import SMoANodes, route_after_moderator
 from smoa_graph.state import LayerInput, LayerOutput, LayerState, SMoAInput, SMoAState
-
-if TYPE_CHECKING:
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 T = TypeVar("T")
 
@@ -154,21 +149,6 @@ def build_smoa_graph(
     )
     builder.add_edge("aggregator", END)
     return builder
-
-
-@asynccontextmanager
-async def sqlite_checkpointer(path: str | Path) -> AsyncIterator[AsyncSqliteSaver]:
-    """An ``AsyncSqliteSaver`` on the file ``path`` (WAL journal, ``synchronous=NORMAL``).
-
-    A killed process loses no committed checkpoint; only a power cut may lose the last ones, and
-    in exchange no commit waits for an fsync (about 3x less checkpoint overhead per run).
-    """
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        await saver.setup()
-        await saver.conn.execute("PRAGMA synchronous=NORMAL")
-        yield saver
 
 
 def _restarts_layer(snapshot: StateSnapshot) -> bool:
