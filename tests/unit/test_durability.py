@@ -6,17 +6,20 @@ Async runs use ``AsyncSqliteSaver``; sync runs (``invoke``) the sync ``SqliteSav
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kill_resume import (
+    ASK_ARGV,
+    CLI_WORKER,
+    FAKES,
+    RESUMED_CALLS,
+    kill_after_the_fast_proposers,
+)
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -24,45 +27,13 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from smoa_graph import AllProposersFailedError, SMoAConfig, build_smoa_graph
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.runner import CHECKPOINTS_FILE, parse_variant, run_bench
+from smoa_graph.checkpoints import open_persistence
 from smoa_graph.cli import main
 from smoa_graph.resume import aprepare_resume, prepare_resume
 from smoa_graph.testing import FakeCall, default_responder, fake_factory
 
 THREAD: Any = {"configurable": {"thread_id": "t"}}
 
-# Fake models for a worker process: proposers 2 and 3 ("slow") take a minute; each finished call
-# is logged to argv[1] as "role layer index".
-FAKES = textwrap.dedent(
-    """
-    import sys
-    from smoa_graph.testing import FakeChatModel, default_responder
-
-    def responder(call):
-        with open(sys.argv[1], "a") as log:
-            log.write(f"{call.role} {call.layer} {call.index}\\n")
-        return default_responder(call)
-
-    models = {}
-
-    def factory(request):
-        latency = 60.0 if request.spec == "slow" else 0.0
-        if request.spec not in models:
-            models[request.spec] = FakeChatModel(
-                spec=request.spec, responder=responder, latency_s=latency, record=False
-            )
-        return models[request.spec]
-    """
-)
-# Runs `smoa ask` (argv[2:]) on those fakes.
-CLI_WORKER = FAKES + textwrap.dedent(
-    """
-    import smoa_graph.graph
-    from smoa_graph.cli import main
-
-    smoa_graph.graph.default_model_factory = factory
-    sys.exit(main(sys.argv[2:]))
-    """
-)
 # Runs the graph with sync ``invoke`` and the sync ``SqliteSaver`` on file argv[2].
 SYNC_WORKER = FAKES + textwrap.dedent(
     """
@@ -105,42 +76,12 @@ def fresh_models() -> Any:
     return fake_factory()
 
 
-def kill_after_the_fast_proposers(tmp_path: Path, worker: str, argv: list[str]) -> None:
-    """Run ``worker``; SIGKILL it once the two fast proposers' results are checkpointed."""
-    db, log, script = tmp_path / "c.sqlite", tmp_path / "calls.log", tmp_path / "worker.py"
-    script.write_text(worker)
-    process = subprocess.Popen([sys.executable, str(script), str(log), *argv])
-    try:
-        deadline = time.monotonic() + 60
-        while finished_proposers(db) < 2:
-            assert process.poll() is None, "the worker ended before it was killed"
-            assert time.monotonic() < deadline, "the fast proposers never finished"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=10)
-    assert sorted(log.read_text().splitlines()) == ["proposer 1 0", "proposer 1 1"]
-
-
-# What the resumed run still has to call: the killed run's finished proposers are kept.
-RESUMED_CALLS = {
-    ("proposer", 2): 1,
-    ("proposer", 3): 1,
-    ("judge", None): 1,
-    ("aggregator", None): 1,
-}
-
-
 def test_a_killed_ask_resumes_without_repeating_finished_calls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "c.sqlite"
-    argv = ["ask", "What is 6*7?", "--model", "fast", "-n", "4", "-k", "2", "--layers", "1"]
-    argv += ["--proposer-models", "fast", "fast", "slow", "slow", "--quiet"]
-    kill_after_the_fast_proposers(
-        tmp_path, CLI_WORKER, [*argv, "--thread-id", "t", "--checkpoint-db", str(db)]
-    )
+    argv = [*ASK_ARGV, "--thread-id", "t", "--checkpoint-db", str(db)]
+    kill_after_the_fast_proposers(tmp_path, CLI_WORKER, argv, lambda: finished_proposers(db))
     factory = fake_factory()
     resume = ["ask", "--resume", "--thread-id", "t", "--checkpoint-db", str(db), "--json"]
     code = main(resume, model_factory=factory)
@@ -157,7 +98,7 @@ def test_a_killed_ask_resumes_without_repeating_finished_calls(
 
 def test_a_killed_sync_run_resumes_with_the_sync_sqlite_saver(tmp_path: Path) -> None:
     db = tmp_path / "c.sqlite"
-    kill_after_the_fast_proposers(tmp_path, SYNC_WORKER, [str(db)])
+    kill_after_the_fast_proposers(tmp_path, SYNC_WORKER, [str(db)], lambda: finished_proposers(db))
     factory = fake_factory()
     config = SMoAConfig(model="fake", n_proposers=4, k=2, max_layers=1)
     with SqliteSaver.from_conn_string(str(db)) as saver:
@@ -323,3 +264,36 @@ async def test_a_failed_bench_pair_resumes_mid_item(tmp_path: Path) -> None:
     assert roles_called(factory) - before == {("aggregator", None): 1}
     assert rows[0]["resumed"] is True and rows[0]["score"]["correct"] is True
     assert not (tmp_path / CHECKPOINTS_FILE).exists()  # every pair done: nothing to resume
+
+
+async def test_bench_runs_sharing_a_checkpoint_db_keep_their_threads_apart(tmp_path: Path) -> None:
+    broken = {"on": True}
+
+    def responder(call: FakeCall) -> str:
+        if call.role == "aggregator" and broken["on"]:
+            raise PermissionError("down")
+        return default_responder(call)
+
+    factory = fake_factory(responder=responder)
+    variants = [parse_variant("smoa", {"model": "fake", "retry_backoff_s": 0})]
+    items = [BenchItem(id="q1", dataset="t", kind="numeric", prompt="q", reference="42")]
+    shared, first, second = tmp_path / "shared.sqlite", tmp_path / "a", tmp_path / "b"
+
+    async def bench(out: Path) -> list[dict[str, Any]]:
+        return await run_bench(
+            variants, items, out, model_factory=factory, progress=False, checkpoint_db=shared
+        )
+
+    async def threads() -> set[str]:
+        async with open_persistence(shared) as (saver, _):
+            return {c.config["configurable"]["thread_id"] async for c in saver.alist(None)}
+
+    assert await bench(first) == [] and await bench(second) == []
+    assert await threads() == {f"{out.resolve()}:smoa:q1" for out in (first, second)}
+    assert not (first / CHECKPOINTS_FILE).exists()  # the given database, not OUT's own file
+    before = roles_called(factory)
+    broken["on"] = False
+    rows = await bench(first)
+    assert roles_called(factory) - before == {("aggregator", None): 1}  # its own pair, mid-item
+    assert rows[0]["resumed"] is True
+    assert await threads() == {f"{second.resolve()}:smoa:q1"}  # the other run's pair is kept

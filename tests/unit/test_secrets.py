@@ -130,3 +130,16 @@ def test_redact_removes_keys_and_bearer_tokens(monkeypatch: pytest.MonkeyPatch) 
     text = f"key {SENTINEL}, header Bearer abc.def, token tok-12345678, sk-otherkey123456"
     assert redact(text) == "key ***, header ***, token ***, ***"
     assert redact("nothing secret here") == "nothing secret here"
+
+
+def test_redact_removes_passwords_of_connection_strings() -> None:
+    url = "postgresql://smoa:pa@ss:w0rd@db.example:5432/runs?sslmode=require"
+    assert redact(f"cannot open {url}") == (
+        "cannot open postgresql://smoa:***@db.example:5432/runs?sslmode=require"
+    )
+    assert redact("postgres://:pw@h/db") == "postgres://:***@h/db"
+    assert redact("host=h password=hunter2 user=u") == "host=h password=*** user=u"
+    assert redact("postgresql://h/db?password=hunter2&x=1") == "postgresql://h/db?password=***&x=1"
+    # a model endpoint spec and a URL without userinfo are left as they are
+    assert redact("m@http://127.0.0.1:8080/v1") == "m@http://127.0.0.1:8080/v1"
+    assert redact("postgresql://smoa@h:5432/db") == "postgresql://smoa@h:5432/db"
