@@ -23,6 +23,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from tqdm.asyncio import tqdm
 
 from smoa_graph.bench.datasets import BenchItem
+from smoa_graph.bench.diagnostics import answer_path
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
 from smoa_graph.config import SMoAConfig
 from smoa_graph.graph import aprepare_resume, build_smoa_graph, sqlite_checkpointer
@@ -151,6 +152,7 @@ async def run_one(
     if item.kind != "open":
         row["score"] = score(item, state["answer"])
         row["quality"] = float(row["score"]["correct"])
+        row["answer_path"] = answer_path(item, state["layers"], row["score"]["correct"])
     elif judge is not None:
         try:
             rubric = await score_rubric(
