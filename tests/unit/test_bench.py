@@ -190,6 +190,18 @@ def test_bench_command_rejects_bad_input(
     assert "unknown dataset 'nope'" in capsys.readouterr().err
     assert main(["bench", "--model", "fake", "--variants", "x:k=9", "--out", str(tmp_path)]) == 2
     assert "k=9 is larger than n_proposers" in capsys.readouterr().err
+    code = main(["bench", "--model", "fake", "--split", "dev", "--out", str(tmp_path)])
+    assert code == 2 and "no split 'dev'" in capsys.readouterr().err
+
+
+def test_bench_command_on_a_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["bench", "--model", "fake", "--dataset", "arith", "--split", "tune", "--limit", "4"]
+    assert main([*args, "--variants", "single", "--out", str(out)]) == 0
+    assert "## arith (tune): 4 items" in capsys.readouterr().out
+    tune = [i.id for i in load_dataset("arith", split="tune")[:4]]
+    rows = [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+    assert sorted(r["item_id"] for r in rows) == sorted(tune)
 
 
 # --------------------------------------------------------------------------- statistics
