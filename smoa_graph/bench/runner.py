@@ -24,6 +24,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from tqdm.asyncio import tqdm
 
 from smoa_graph.bench.datasets import BenchItem
+from smoa_graph.bench.diagnostics import answer_path
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
 from smoa_graph.checkpoints import open_persistence
 from smoa_graph.config import PRESET_FIXED, SMoAConfig
@@ -144,12 +145,14 @@ async def run_one(
         calls=summary["total"]["calls"],
         failed_calls=summary["total"]["failed_calls"],
         tokens=summary["total"]["total_tokens"],
+        cached_tokens=summary["total"].get("cached_input_tokens", 0),
         tokens_by_role={r: b["total_tokens"] for r, b in summary["by_role"].items()},
         error=None,
     )
     if item.kind != "open":
         row["score"] = score(item, state["answer"])
         row["quality"] = float(row["score"]["correct"])
+        row["answer_path"] = answer_path(item, state["layers"], row["score"]["correct"])
     elif judge is not None:
         try:
             rubric = await score_rubric(

