@@ -1,6 +1,6 @@
 """Endpoint faults end to end: one clear line, a non-zero exit, within a stated time bound.
 
-Servers are started here on 127.0.0.1 (``benchmarks/faults.py``'s scripted endpoint, and a
+Servers are started here on 127.0.0.1 (``smoa_graph.testing.ScriptedEndpoint``, and a
 llama-server of our own that is killed mid-run); nothing else is contacted.
 """
 

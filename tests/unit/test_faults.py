@@ -2,7 +2,7 @@
 
 Proposers that raise, hang past their timeout or answer with no usable text; judge and moderator
 calls that fail or return garbage; prompt injection inside a response; bad prompts, config files
-and model strings. Fault-injecting models come from ``benchmarks/faults.py``.
+and model strings. Fault-injecting models come from ``smoa_graph.testing``.
 """
 
 from __future__ import annotations
