@@ -11,7 +11,7 @@ ARGS ?= --max-layers 2 --max-tokens 256
 LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
 	-DLLAMA_USE_PREBUILT_UI=OFF
 
-.PHONY: setup ask test lint unit integration compat-latest postgres bench-local bench-orchestration bench-faults bench-server stop-local clean
+.PHONY: setup ask test lint unit integration compat-latest postgres bench-local bench-orchestration bench-faults bench-server bench-prefix bench-memory stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (15.7 CPU-minutes with LLAMA_CMAKE_ARGS, 22.1
@@ -66,6 +66,12 @@ bench-faults: setup
 
 bench-server: setup
 	$(BIN)/python benchmarks/server_overhead.py
+
+bench-prefix: setup
+	$(BIN)/python benchmarks/prefix_cache.py
+
+bench-memory: setup
+	$(BIN)/python benchmarks/local_memory.py
 
 # LangGraph Studio on the local server (graphs: smoa, smoa_demo); see docs/studio.md.
 studio: setup

@@ -394,7 +394,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = [v.name for v in variants]
     split = f" ({args.split})" if args.split else ""
     title = f"{args.dataset}{split}: {len(items)} items, model {variants[0].config.model}"
-    write_report(rows, names, out, title)
+    from smoa_graph.local_server import local_server_rss_mb
+
+    server = {"rss_mb": local_server_rss_mb(), "peak_rss_mb": local_server_rss_mb(peak=True)}
+    write_report(rows, names, out, title, server)
     print((out / "summary.md").read_text(encoding="utf-8"))
     failed = len(items) * len(names) - len(rows)
     print(
@@ -437,10 +440,40 @@ def cmd_serve_local(args: argparse.Namespace) -> int:
     """``smoa serve-local``: start the embedded model server in the background (or reuse it)."""
     from smoa_graph.local_server import serve_detached
 
-    state = serve_detached(port=args.port, parallel=args.parallel, ctx_size=args.ctx_size)
+    state = serve_detached(
+        port=args.port,
+        parallel=args.parallel,
+        ctx_size=args.ctx_size,
+        max_tokens=args.max_tokens,
+        cache_ram_mb=args.cache_ram,
+    )
     verb = "started" if state["started"] else "already running"
     print(f"local model server {verb}: {state['base_url']} (pid {state['pid']})")
     return 0
+
+
+def describe_local_status(status: dict[str, Any]) -> str:
+    """``smoa local status`` for people: where the server is, its memory, its sizing."""
+
+    def mb(key: str) -> str:
+        value = status.get(key)
+        return "n/a" if value is None else f"{value:.0f} MB"
+
+    lines = [
+        f"local model server: {status['base_url']} (pid {status['pid']}, "
+        f"started {status.get('started_at') or 'n/a'})",
+        f"memory: RSS {mb('rss_mb')}, peak {mb('peak_rss_mb')}",
+    ]
+    if "parallel" in status:  # absent in the state of a server started by an older version
+        cache = status["cache_ram_mb"]
+        cache_text = {0: "off", -1: "unbounded"}.get(cache, f"capped at {cache} MiB")
+        lines.append(
+            f"slots: {status['parallel']}, context {status['ctx_size']} tokens "
+            f"({status['ctx_size'] // status['parallel']} per slot), prompt cache {cache_text}"
+        )
+    if status.get("log_file"):
+        lines.append(f"log: {status['log_file']}")
+    return "\n".join(lines)
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -454,7 +487,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     if status is None:
         print("no local server running (start one with `smoa serve-local`)")
         return 3
-    print(json.dumps(status, indent=1))
+    print(json.dumps(status, indent=1) if args.json else describe_local_status(status))
     return 0
 
 
@@ -479,6 +512,8 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``smoa`` argument parser."""
+    from smoa_graph import local_server as local
+
     parser = argparse.ArgumentParser(
         prog="smoa", description="Sparse Mixture-of-Agents on LangGraph"
     )
@@ -581,13 +616,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve-local", help="start the embedded model server in the background")
     serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    serve.add_argument("--parallel", type=int, default=4, help="parallel slots (-np)")
-    serve.add_argument("--ctx-size", type=int, default=None, help="total context size")
+    serve.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help=f"parallel slots (-np), one per proposer: {local.DEFAULT_PARALLEL}",
+    )
+    serve.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="output cap of the calls it will answer, sizes the context: "
+        f"{local.DEFAULT_MAX_TOKENS}",
+    )
+    serve.add_argument(
+        "--ctx-size",
+        type=int,
+        default=None,
+        help="total context (-c); default: slots x ((slots + 1) x max-tokens + "
+        f"{local.PROMPT_ALLOWANCE}), at most {local.MODEL_CONTEXT} per slot",
+    )
+    serve.add_argument(
+        "--cache-ram",
+        type=int,
+        default=None,
+        help=f"host prompt cache cap in MiB (0: off, -1: unbounded): {local.DEFAULT_CACHE_RAM_MB}",
+    )
     serve.set_defaults(func=cmd_serve_local)
 
-    local = sub.add_parser("local", help="status or stop of the background model server")
-    local.add_argument("action", choices=["status", "stop"])
-    local.set_defaults(func=cmd_local)
+    manage = sub.add_parser("local", help="status or stop of the background model server")
+    manage.add_argument("action", choices=["status", "stop"])
+    manage.add_argument("--json", action="store_true", help="status as JSON")
+    manage.set_defaults(func=cmd_local)
 
     show = sub.add_parser("graph", help="print the graph as a Mermaid diagram")
     show.set_defaults(func=cmd_graph)

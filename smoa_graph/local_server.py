@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,16 +53,49 @@ class LocalServerError(RuntimeError):
     """The local model server cannot be found, started or reached."""
 
 
+DEFAULT_PARALLEL = 4
+"""Slots (``-np``): one per proposer of a layer, the default ``n_proposers``."""
+DEFAULT_MAX_TOKENS = 512
+"""Output cap of one call the server is sized for: the default ``max_tokens``."""
+PROMPT_ALLOWANCE = 1024
+"""Tokens of a call besides the responses it quotes: question, history, role, instructions."""
+MODEL_CONTEXT = 8192
+"""SmolLM2's training context: a longer slot would only produce garbage."""
+DEFAULT_CACHE_RAM_MB = 256
+"""Host prompt cache cap (``--cache-ram``, MiB). llama-server's own default, 8192 MiB, let the
+server grow to 7.4 GB over a 40-run benchmark; a slot's prompt of ~1,000 tokens takes ~22 MiB."""
+
+
 class ServerOptions(TypedDict, total=False):
-    """Keyword options accepted by :class:`LocalServer` and the module-level helpers."""
+    """Keyword options accepted by :class:`LocalServer` and the module-level helpers.
+
+    ``ctx_size`` is the total context (``-c``), split evenly across the ``parallel`` slots;
+    unset, it is ``parallel`` x :func:`slot_context` for calls of up to ``max_tokens`` output.
+    ``cache_ram_mb`` caps the host prompt cache (0 turns it off). ``extra_args`` are appended
+    to the ``llama-server`` command line as given.
+    """
 
     model: str | Path | None
     binary: str | Path | None
     port: int | None
     threads: int | None
-    parallel: int
+    parallel: int | None
     ctx_size: int | None
+    max_tokens: int | None
+    cache_ram_mb: int | None
+    extra_args: list[str] | None
     startup_timeout: float
+
+
+def slot_context(proposers: int, max_tokens: int) -> int:
+    """Context one slot needs for the longest call the graph sends, in tokens.
+
+    The judge, and every proposer after the first layer, reads up to ``proposers`` responses of
+    up to ``max_tokens`` each besides :data:`PROMPT_ALLOWANCE`, and then writes up to
+    ``max_tokens``. Rounded up to 256, capped at :data:`MODEL_CONTEXT`.
+    """
+    need = (proposers + 1) * max_tokens + PROMPT_ALLOWANCE
+    return min(MODEL_CONTEXT, -(-need // 256) * 256)
 
 
 def _bundled_binary() -> Path | None:
@@ -144,14 +177,19 @@ def _check_port_free(port: int) -> None:
             ) from None
 
 
-def process_rss_mb(pid: int) -> float | None:
-    """Resident set size of process ``pid`` in MB (``VmRSS`` in /proc), None if unavailable."""
+def process_rss_mb(pid: int, peak: bool = False) -> float | None:
+    """Resident set size of process ``pid`` in MB, None if unavailable.
+
+    ``VmRSS`` in /proc, or with ``peak`` its high-water mark ``VmHWM`` (the most the process
+    ever held: what a long benchmark cost, even after the kernel reclaimed some of it).
+    """
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return None
 
@@ -269,6 +307,27 @@ def _spawn_owned(cmd: list[str], log_fd: int) -> subprocess.Popen[bytes]:
     return _spawner.submit(popen).result()
 
 
+_OPTION_HINTS = {
+    "parallel": "one slot per proposer run at once",
+    "max_tokens": "the output cap of the calls this server answers",
+    "ctx_size": "at least 256 tokens per slot; leave it out to size it from parallel and "
+    "max_tokens",
+    "cache_ram_mb": "MiB of host prompt cache, 0 to turn it off, -1 for no limit",
+}
+
+
+def _option(opts: Mapping[str, object], name: str, default: int, low: int) -> int:
+    """``opts[name]`` (``default`` when unset), rejected with a hint when below ``low``."""
+    value = opts.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or value < low:
+        raise LocalServerError(
+            f"{name}={value!r}: give an integer >= {low} ({_OPTION_HINTS[name]})"
+        )
+    return value
+
+
 class LocalServer:
     """One ``llama-server`` process on 127.0.0.1.
 
@@ -282,8 +341,12 @@ class LocalServer:
         self.binary = (Path(binary) if binary else find_server_binary()).absolute()
         self.requested_port = opts.get("port")
         self.threads = opts.get("threads") or min(4, os.cpu_count() or 1)
-        self.parallel = opts.get("parallel", 4)
-        self.ctx_size = opts.get("ctx_size") or 2048 * self.parallel
+        self.parallel = _option(opts, "parallel", DEFAULT_PARALLEL, 1)
+        max_tokens = _option(opts, "max_tokens", DEFAULT_MAX_TOKENS, 1)
+        fitted = self.parallel * slot_context(self.parallel, max_tokens)
+        self.ctx_size = _option(opts, "ctx_size", fitted, 256 * self.parallel)
+        self.cache_ram_mb = _option(opts, "cache_ram_mb", DEFAULT_CACHE_RAM_MB, -1)
+        self.extra_args = list(opts.get("extra_args") or [])
         self.startup_timeout = opts.get("startup_timeout", 120.0)
         self.detached = detached
         self.port: int | None = None
@@ -330,6 +393,8 @@ class LocalServer:
 
         ``--poll 0`` makes idle compute threads sleep instead of spin: as fast when the server
         has the CPU to itself, and far less collapse when other processes share few cores.
+        ``--cache-ram`` bounds the host copies of evicted slot prompts, the one part of the
+        server's memory that grows with use.
         """
         return [
             str(self.binary),
@@ -340,8 +405,10 @@ class LocalServer:
             "-t", str(self.threads),
             "-c", str(self.ctx_size),
             "-np", str(self.parallel),
+            "--cache-ram", str(self.cache_ram_mb),
             "--poll", "0",
             "--no-webui",
+            *self.extra_args,
         ]  # fmt: skip
 
     def start(self) -> str:
@@ -443,6 +510,9 @@ class LocalServer:
             "model": str(self.model),
             "log_file": str(self.log_file),
             "started_at": self.started_at,
+            "parallel": self.parallel,
+            "ctx_size": self.ctx_size,
+            "cache_ram_mb": self.cache_ram_mb,
         }
 
     def __enter__(self) -> Self:
@@ -517,8 +587,14 @@ def _write_state(state: dict[str, Any]) -> None:
 
 
 def _with_rss(state: dict[str, Any]) -> dict[str, Any]:
-    rss = process_rss_mb(int(state["pid"]))
-    return {**state, "running": True, "rss_mb": None if rss is None else round(rss, 1)}
+    pid = int(state["pid"])
+    rss, peak = process_rss_mb(pid), process_rss_mb(pid, peak=True)
+    return {
+        **state,
+        "running": True,
+        "rss_mb": None if rss is None else round(rss, 1),
+        "peak_rss_mb": None if peak is None else round(peak, 1),
+    }
 
 
 _owned: LocalServer | None = None
@@ -563,6 +639,20 @@ def serve_detached(**opts: Unpack[ServerOptions]) -> dict[str, Any]:
         state = server.state()
         _write_state(state)
         return {**_with_rss(state), "started": True, "startup_seconds": server.startup_seconds}
+
+
+def local_server_rss_mb(peak: bool = False) -> float | None:
+    """RSS in MB of the local server this process uses (``peak``: its high-water mark).
+
+    This process's own server if it runs, else the detached one; None when there is neither,
+    e.g. with ``SMOA_LOCAL_BASE_URL`` pointing elsewhere. For benchmark summaries.
+    """
+    with _owned_lock:
+        pid = _owned.pid if _owned is not None and _owned.running else None
+    if pid is None:
+        state = _read_live_state()
+        pid = None if state is None else int(state["pid"])
+    return None if pid is None else process_rss_mb(pid, peak=peak)
 
 
 def local_status() -> dict[str, Any] | None:

@@ -315,11 +315,25 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
 
 def write_report(
-    rows: Sequence[dict[str, Any]], variants: Sequence[str], out_dir: Path, title: str
+    rows: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    out_dir: Path,
+    title: str,
+    server: dict[str, float | None] | None = None,
 ) -> dict[str, Any]:
-    """Write summary.json, summary.md and plot.png into ``out_dir``; return the summary."""
+    """Write summary.json, summary.md and plot.png into ``out_dir``; return the summary.
+
+    ``server``: the local model server's memory after the run (``rss_mb``, ``peak_rss_mb``).
+    """
     summary = summarize(rows, variants)
+    markdown = to_markdown(summary, title)
+    if server and server.get("rss_mb") is not None:
+        summary["local_server"] = server
+        markdown += (
+            f"\nLocal model server after the run: RSS {server['rss_mb']:.0f} MB "
+            f"(peak {server.get('peak_rss_mb') or 0:.0f} MB).\n"
+        )
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    (out_dir / "summary.md").write_text(to_markdown(summary, title), encoding="utf-8")
+    (out_dir / "summary.md").write_text(markdown, encoding="utf-8")
     plot(summary, out_dir / "plot.png", title)
     return summary

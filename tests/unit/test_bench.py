@@ -142,9 +142,13 @@ def test_summary_ratios_are_paired_and_markdown_lists_them(tmp_path: Path) -> No
     assert "| smoa/moa | 2 | 0.550 [0.500, 0.600] | 1.000 | 1.000 | 0.500 [0.000, 1.000] |" in text
     assert "| tokens/query by role | proposer | judge |" in text  # roles without tokens: left out
     assert "| smoa | 450 | 100 |" in text and "| moa | 1000 | 0 |" in text
-    write_report(rows, ["single", "moa", "smoa"], tmp_path, "t")
+    write_report(
+        rows, ["single", "moa", "smoa"], tmp_path, "t", {"rss_mb": 512, "peak_rss_mb": 640}
+    )
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "summary.json").read_text())["ratios"]
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["ratios"] and written["local_server"] == {"rss_mb": 512, "peak_rss_mb": 640}
+    assert "RSS 512 MB (peak 640 MB)" in (tmp_path / "summary.md").read_text()
 
 
 def test_bench_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -131,16 +131,64 @@ def test_busy_port_is_reported(fake_env: None) -> None:
             ls.LocalServer(port=port).start()
 
 
+def _arg(cmd: list[str], flag: str) -> str:
+    assert cmd.count(flag) == 1, f"{flag} given {cmd.count(flag)} times in {cmd}"
+    return cmd[cmd.index(flag) + 1]
+
+
 def test_command_line_defaults(fake_env: None) -> None:
+    """4 slots of (4 + 1) x 512 + 1024 tokens: room for a judge reading 4 full responses."""
     server = ls.LocalServer(threads=2)
     server.port = 1234
     cmd = server.command()
-    assert cmd[cmd.index("--alias") + 1] == "smollm2"
-    assert cmd[cmd.index("-c") + 1] == "8192"
-    assert cmd[cmd.index("-np") + 1] == "4"
-    assert cmd[cmd.index("-t") + 1] == "2"
-    assert cmd[cmd.index("--poll") + 1] == "0"
+    assert _arg(cmd, "--alias") == "smollm2"
+    assert _arg(cmd, "-c") == str(4 * 3584)
+    assert _arg(cmd, "-np") == "4"
+    assert _arg(cmd, "--cache-ram") == "256"
+    assert _arg(cmd, "-t") == "2"
+    assert _arg(cmd, "--poll") == "0"
     assert server.base_url == "http://127.0.0.1:1234/v1"
+
+
+def test_command_line_sized_from_options(fake_env: None) -> None:
+    server = ls.LocalServer(parallel=2, max_tokens=256, cache_ram_mb=0, extra_args=["--kv-unified"])
+    server.port = 1234
+    cmd = server.command()
+    assert _arg(cmd, "-np") == "2"
+    assert _arg(cmd, "-c") == str(2 * 1792)  # 3 x 256 + 1024 per slot
+    assert _arg(cmd, "--cache-ram") == "0"
+    assert cmd[-1] == "--kv-unified"
+    explicit = ls.LocalServer(parallel=2, ctx_size=4096, max_tokens=256, cache_ram_mb=-1)
+    explicit.port = 1234
+    assert _arg(explicit.command(), "-c") == "4096"
+    assert _arg(explicit.command(), "--cache-ram") == "-1"
+
+
+@pytest.mark.parametrize(
+    ("proposers", "max_tokens", "expected"),
+    [(4, 512, 3584), (1, 100, 1280), (4, 256, 2304), (8, 2048, 8192)],
+)
+def test_slot_context(proposers: int, max_tokens: int, expected: int) -> None:
+    """Rounded up to 256 tokens, never past the model's training context."""
+    assert ls.slot_context(proposers, max_tokens) == expected
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        ({"parallel": 0}, r"parallel=0: give an integer >= 1 \(one slot per proposer"),
+        ({"max_tokens": -5}, r"max_tokens=-5: give an integer >= 1"),
+        ({"parallel": 4, "ctx_size": 512}, r"ctx_size=512: give an integer >= 1024 \(at least 256"),
+        ({"cache_ram_mb": -2}, r"cache_ram_mb=-2: give an integer >= -1 .*0 to turn it off"),
+        ({"cache_ram_mb": "256"}, r"cache_ram_mb='256': give an integer"),
+    ],
+)
+def test_bad_sizes_are_rejected_before_start(
+    fake_env: None, opts: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ls.LocalServerError, match=message):
+        ls.LocalServer(**opts)  # type: ignore[arg-type]
+    assert not (ls.cache_dir() / "logs").exists()  # nothing was started
 
 
 def test_start_and_stop_leave_no_process(fake_env: None) -> None:
@@ -293,8 +341,74 @@ def test_ensure_starts_once_under_concurrency(fake_env: None) -> None:
 
 def test_process_rss_mb() -> None:
     rss = ls.process_rss_mb(os.getpid())
+    peak = ls.process_rss_mb(os.getpid(), peak=True)
     assert rss is not None and rss > 1
+    assert peak is not None and peak >= rss
     assert ls.process_rss_mb(_dead_pid()) is None
+    assert ls.process_rss_mb(_dead_pid(), peak=True) is None
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def test_local_server_rss_of_the_owned_server(fake_env: None) -> None:
+    assert ls.local_server_rss_mb() is None  # nothing running
+    ls.ensure_local_server(startup_timeout=5)
+    owned = ls._owned
+    assert owned is not None and owned.pid is not None
+    try:
+        rss = ls.local_server_rss_mb()
+        assert rss is not None and rss > 1
+        assert abs(rss - (ls.process_rss_mb(owned.pid) or 0)) < 20
+        assert (ls.local_server_rss_mb(peak=True) or 0) >= rss
+    finally:
+        owned.stop()
+    assert ls.local_server_rss_mb() is None
+
+
+def test_serve_local_and_status_print_sizes_and_rss(
+    fake_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`smoa serve-local` flags reach the command line; `smoa local status` shows the RSS."""
+    from smoa_graph.cli import main
+
+    args = ["serve-local", "--parallel", "2", "--max-tokens", "256", "--cache-ram", "64"]
+    assert main(args) == 0
+    try:
+        state = ls.local_status()
+        assert state is not None
+        cmd = _cmdline(state["pid"])
+        assert (_arg(cmd, "-np"), _arg(cmd, "-c"), _arg(cmd, "--cache-ram")) == ("2", "3584", "64")
+        capsys.readouterr()
+        assert main(["local", "status"]) == 0
+        out = capsys.readouterr().out
+        memory = re.search(r"^memory: RSS (\d+) MB, peak (\d+) MB$", out, re.MULTILINE)
+        assert memory is not None, out
+        rss, peak = int(memory[1]), int(memory[2])
+        assert 1 <= rss <= peak
+        assert f"(pid {state['pid']}," in out
+        assert "slots: 2, context 3584 tokens (1792 per slot), prompt cache capped at 64 MiB" in out
+        assert ls.local_server_rss_mb() is not None  # the detached server, seen from here
+        assert main(["local", "status", "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["rss_mb"] > 0 and data["peak_rss_mb"] >= data["rss_mb"]
+        assert (data["parallel"], data["ctx_size"], data["cache_ram_mb"]) == (2, 3584, 64)
+    finally:
+        assert ls.stop_local_server(grace=2) is True
+
+
+def test_status_of_a_server_started_by_an_older_version() -> None:
+    """A state file without the sizes (written before they were recorded) still prints."""
+    from smoa_graph.cli import describe_local_status
+
+    text = describe_local_status(
+        {"pid": 7, "base_url": "http://127.0.0.1:9/v1", "rss_mb": 401.2, "peak_rss_mb": None}
+    )
+    assert text.splitlines() == [
+        "local model server: http://127.0.0.1:9/v1 (pid 7, started n/a)",
+        "memory: RSS 401 MB, peak n/a",
+    ]
 
 
 def test_log_files_are_pruned() -> None:
