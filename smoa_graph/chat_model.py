@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from smoa_graph.config import SMoAConfig
 from smoa_graph.graph import build_smoa_graph
-from smoa_graph.models import ModelFactory
+from smoa_graph.models import ModelFactory, is_final_answer
 
 _NO_TOOLS = (
     "SMoAChatModel does not support tools: its answer is a synthesis of several models' text, "
@@ -166,6 +166,7 @@ class SMoAChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         self._check(stop)
         end: dict[str, Any] = {}
+        streamed = False
         data: Any
         for _, mode, data in self._graph.stream(
             {"messages": messages},
@@ -176,7 +177,10 @@ class SMoAChatModel(BaseChatModel):
             if mode == "updates" and "aggregator" in data:
                 end = data["aggregator"]
             elif (chunk := _final_token(mode, data)) is not None:
+                streamed = True
                 yield chunk  # the base class reports each chunk to the callbacks
+        if not streamed and end.get("answer"):  # a vote writes no tokens: the answer at once
+            yield ChatGenerationChunk(message=AIMessageChunk(content=end["answer"]))
         yield self._last_chunk(end)
 
     async def _astream(
@@ -188,6 +192,7 @@ class SMoAChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         self._check(stop)
         end: dict[str, Any] = {}
+        streamed = False
         data: Any
         async for _, mode, data in self._graph.astream(
             {"messages": messages},
@@ -198,7 +203,10 @@ class SMoAChatModel(BaseChatModel):
             if mode == "updates" and "aggregator" in data:
                 end = data["aggregator"]
             elif (chunk := _final_token(mode, data)) is not None:
+                streamed = True
                 yield chunk  # the base class reports each chunk to the callbacks
+        if not streamed and end.get("answer"):  # a vote writes no tokens: the answer at once
+            yield ChatGenerationChunk(message=AIMessageChunk(content=end["answer"]))
         yield self._last_chunk(end)
 
     # -- not supported -------------------------------------------------------------------------
@@ -237,6 +245,6 @@ def _final_token(mode: str, data: Any) -> ChatGenerationChunk | None:
     if mode != "messages":
         return None
     message, metadata = data
-    if "smoa:final" not in metadata.get("tags", []) or not message.text:
+    if not is_final_answer(metadata) or not message.text:
         return None
     return ChatGenerationChunk(message=AIMessageChunk(content=message.text))

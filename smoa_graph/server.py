@@ -45,6 +45,7 @@ from smoa_graph.models import (
     ModelConfigError,
     ModelFactory,
     describe_error,
+    is_final_answer,
     redact,
 )
 from smoa_graph.state import SMoAInput
@@ -263,6 +264,7 @@ class _Run:
             ["updates", "values", "messages"] if tokens else ["updates", "values"]
         )
         chunk: Any
+        streamed = False
         try:
             async for namespace, mode, chunk in self._server.graph.astream(
                 inputs, context=config, stream_mode=modes, subgraphs=True
@@ -274,10 +276,13 @@ class _Run:
                     self.ready.set()
                 elif mode == "messages":
                     message, metadata = chunk
-                    if "smoa:final" in metadata.get("tags", []) and message.text:
+                    if is_final_answer(metadata) and message.text:
                         self.tokens.put_nowait(message.text)
+                        streamed = True
         except Exception as exc:
             return "error", exc
+        if tokens and not streamed and state.get("answer"):  # a vote writes no tokens: send it
+            self.tokens.put_nowait(state["answer"])
         return "done", state
 
     def _ended(self, task: asyncio.Task[tuple[str, Any]]) -> None:

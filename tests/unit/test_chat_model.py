@@ -162,3 +162,10 @@ def test_tools_are_refused_with_what_to_do_instead() -> None:
         llm.with_structured_output({"type": "object"})
     with pytest.raises(ValueError, match="stop sequences"):
         llm.invoke("q", stop=["\n"])
+
+
+async def test_a_voting_preset_streams_its_answer() -> None:
+    model, _ = chat_model(preset="self-consistency")
+    pieces = [chunk.text async for chunk in model.astream("What is 6 * 7?")]
+    assert "".join(pieces).endswith("Final answer: 42")
+    assert "".join(chunk.text for chunk in model.stream("What is 6 * 7?")) == "".join(pieces)

@@ -690,3 +690,16 @@ def test_sigterm_cancels_runs_after_the_drain_bound() -> None:
 def test_serve_rejects_a_bad_config_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--model", "fake", "-k", "9"]) == 2
     assert "k: k=9 is larger than n_proposers=4" in capsys.readouterr().err
+
+
+def test_a_voting_preset_streams_its_answer_too(url: str) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    chunks = list(
+        client.chat.completions.create(
+            model="self-consistency",
+            messages=QUESTION,  # type: ignore[arg-type]
+            stream=True,
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.endswith("Final answer: 42") and "proposer" in text  # the winning response
