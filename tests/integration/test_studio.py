@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from langgraph_sdk import get_client
 
-from smoa_graph.config import SMoAConfig
+from smoa_graph.config import PRESET_DEFAULTS, SMoAConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 LANGGRAPH = Path(sys.executable).parent / "langgraph"
@@ -173,7 +173,7 @@ async def test_context_schema_is_the_studio_form(studio: str, graph_id: str) -> 
     assert set(properties) == set(SMoAConfig.model_fields)
     for name, field in SMoAConfig.model_fields.items():
         assert field.description and properties[name]["description"] == field.description, name
-    assert properties["preset"]["anyOf"][0]["enum"] == ["single", "moa", "smoa"]
+    assert properties["preset"]["anyOf"][0]["enum"] == list(PRESET_DEFAULTS)
     assert all(field.get("default") is None for field in properties.values())  # all optional
     assert "prompt" in schemas["input_schema"]["properties"]
 
