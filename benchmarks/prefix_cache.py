@@ -28,6 +28,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -234,7 +235,11 @@ async def cells(
             question, refs = layer2_case(seeds.take())
             prompts = [messages_for(layout, question, refs, role) for role in ROLES]
             jobs = [(lambda m=m: client.call(m, **extra)) for m in prompts]
-            out[(layout, how)].append(await measured(client, how, jobs))
+            batch = await measured(client, how, jobs)
+            out[(layout, how)].append(batch)
+            progress = f"{batch.wall_s:.2f} s, server CPU {batch.cpu_s:.2f} s"
+            print(f"  {layout} / {how}: {progress}, {batch.cached} of {batch.prompt} prompt "
+                  "tokens cached", file=sys.stderr)  # fmt: skip
     return out
 
 
