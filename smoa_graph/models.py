@@ -54,6 +54,11 @@ class ModelRequest:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float | None = None
+    parallel: int = 1
+    """Calls of the run that may reach this model at once (its ``n_proposers``)."""
+    longest_output: int = 0
+    """Longest output of any call of the run; with ``parallel`` it sizes a server the factory
+    starts."""
 
     @classmethod
     def for_config(
@@ -61,7 +66,14 @@ class ModelRequest:
     ) -> ModelRequest:
         """A request for ``spec`` with the endpoint, key variable and timeout of ``cfg``."""
         return cls(
-            spec, temperature, max_tokens, cfg.base_url, cfg.api_key_env, cfg.request_timeout_s
+            spec,
+            temperature,
+            max_tokens,
+            cfg.base_url,
+            cfg.api_key_env,
+            cfg.request_timeout_s,
+            parallel=cfg.n_proposers,
+            longest_output=max(cfg.max_tokens, cfg.aggregator_max_tokens or 0),
         )
 
 
@@ -163,7 +175,9 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
     if spec == "local" or spec.startswith("local:"):
         from smoa_graph.local_server import MODEL_ALIAS, ensure_local_server
 
-        base_url = ensure_local_server()
+        base_url = ensure_local_server(
+            parallel=request.parallel, max_tokens=request.longest_output or request.max_tokens
+        )
         return _openai_compatible(request, MODEL_ALIAS, base_url, "local", keepalive=False)
     if spec == "fake":
         from smoa_graph.fake import FakeChatModel

@@ -44,10 +44,12 @@ from smoa_graph.graph import build_smoa_graph
 from smoa_graph.models import (
     ModelConfigError,
     ModelFactory,
+    default_model_factory,
     describe_error,
     is_final_answer,
     redact,
 )
+from smoa_graph.nodes.kit import build_widest_models
 from smoa_graph.state import SMoAInput
 
 log = logging.getLogger("smoa_graph.server")
@@ -665,6 +667,8 @@ def serve(
         )
     settings = dataclasses.replace(settings, api_key=key, allowed_hosts=allowed)
     app = create_app(base_values, settings)
+    # A local model server starts now, sized for the base config, not on the first request.
+    build_widest_models([app.state.smoa.base_config], default_model_factory)
     config = uvicorn.Config(
         app,
         host=host,

@@ -36,6 +36,7 @@ from smoa_graph.models import (
     describe_error,
     is_final_answer,
 )
+from smoa_graph.nodes.kit import build_widest_models
 from smoa_graph.resume import aresume_or_start
 
 RESULTS_FILE = "results.jsonl"
@@ -214,6 +215,8 @@ async def run_bench(
             if on_row is not None:
                 on_row(row)
 
+    if todo:
+        await asyncio.to_thread(build_widest_models, [v.config for v in variants], factory)
     async with open_persistence(checkpoint_db or checkpoints) as (saver, _):
         await tqdm.gather(
             *(task(v, i, saver) for v, i in todo),

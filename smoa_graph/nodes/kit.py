@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,17 @@ def all_requests(cfg: SMoAConfig) -> set[ModelRequest]:
     if cfg.task_description and not cfg.roles:
         requests.add(control_request(cfg, "roles"))
     return requests
+
+
+def build_widest_models(configs: Iterable[SMoAConfig], factory: ModelFactory) -> None:
+    """Build the models of the config with the most proposers (no call is made).
+
+    Done before the first run of several configs, so that a server the factory starts on first
+    use (the embedded model) is sized for the widest of them, not for whichever runs first.
+    """
+    widest = max(configs, key=lambda cfg: (cfg.n_proposers, cfg.max_tokens))
+    for request in all_requests(widest):
+        factory(request)
 
 
 def _context_key(context: Any) -> str:
