@@ -177,7 +177,7 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
                 f"{clock} moderator after layer {decision['layer']}: {verb} ({decision['reason']})"
             )
         if node == "aggregator":
-            return f"{clock} aggregator done"
+            return f"{clock} answer: {value['summary']['finished_by']}"
     return None
 
 
@@ -290,7 +290,8 @@ def format_summary(state: dict[str, Any], wall_s: float) -> str:
     total = summary["total"]
     lines = [
         "",
-        f"-- {summary['layers_run']} layer(s); stopped: {summary['stop_reason']}",
+        f"-- {summary['layers_run']} layer(s); stopped: {summary['stop_reason']}; "
+        f"answer: {summary['finished_by']}",
         f"-- {total['calls']} calls ({total['failed_calls']} failed), "
         f"{total['input_tokens']} in + {total['output_tokens']} out = {total['total_tokens']} "
         f"tokens, wall {wall_s:.1f}s",

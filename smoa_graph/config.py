@@ -182,13 +182,15 @@ class SMoAConfig(BaseModel):
         "before forwarded; others: every agent's previous answer, its own pointed out "
         "(multi-agent debate).",
     )
-    finish: Literal["aggregate", "vote"] = Field(
+    finish: Literal["aggregate", "vote", "agreement"] = Field(
         "aggregate",
         description="How the run ends. aggregate: the aggregator synthesises the final answer "
         "from the last selection; vote: the majority of the last layer's extracted final "
         "answers wins (no call; ties go to the lowest proposer index; when no answer can be "
         "extracted, one call picks the most consistent response, as in Universal "
-        "Self-Consistency).",
+        "Self-Consistency); agreement: when the last layer agrees (its selected responses give "
+        "one extracted answer, or stop_share of its answers do), the first response giving that "
+        "answer stands, with no call; otherwise the aggregator synthesises.",
     )
     judge_index_base: Literal[0, 1] = Field(
         1,

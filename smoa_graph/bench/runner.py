@@ -143,6 +143,7 @@ async def run_one(
         ttft_s=None if ttft is None else round(ttft, 3),
         layers=summary["layers_run"],
         stop_reason=summary["stop_reason"],
+        finished_by=summary["finished_by"],
         calls=summary["total"]["calls"],
         failed_calls=summary["total"]["failed_calls"],
         tokens=summary["total"]["total_tokens"],

@@ -4,6 +4,8 @@
 streamed and tagged ``FINAL_ANSWER_TAG``). ``finish='vote'``: the response giving the majority
 answer is the answer, with no call (``consistency.majority_vote``); when no response has an
 extractable answer, one call picks the most consistent response (Universal Self-Consistency).
+``finish='agreement'``: when the last layer agrees, its agreed response stands with no call (a
+small model's synthesis loses answers that its proposers agreed on); otherwise as 'aggregate'.
 In the ``single`` preset the one proposer's answer is the answer.
 """
 
@@ -14,12 +16,14 @@ from typing import Any
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.runtime import Runtime
 
+from smoa_graph.answers import extract_final_answer
 from smoa_graph.attempts import CallAttempts
 from smoa_graph.config import SMoAConfig
 from smoa_graph.consistency import majority_vote
 from smoa_graph.judging import clean_answer, format_answers, format_candidates, validate_verdict
 from smoa_graph.models import stream_text
 from smoa_graph.nodes.kit import NodeKit, aggregator_request
+from smoa_graph.nodes.moderator import majority_share
 from smoa_graph.prompts import render, request_text
 from smoa_graph.schemas import judge_format, judge_schema
 from smoa_graph.state import CallRecord, Candidate, SMoAState, VoteRecord
@@ -85,24 +89,51 @@ async def vote(
     return clean_answer(winner["text"]), record, calls
 
 
+def agreed_response(cfg: SMoAConfig, state: SMoAState) -> Candidate | None:
+    """The response that stands under ``finish='agreement'``, or None when the layer disagrees.
+
+    The last layer agrees when every selected response has the same extracted answer, or when
+    at least ``stop_share`` of all its answers are one answer. The first selected response
+    giving that answer stands (else the first of the layer's).
+    """
+    selected = state.get("selected", [])
+    answers = {extract_final_answer(c["text"]) for c in selected}
+    agreed = answers.pop() if len(answers) == 1 else None
+    candidates = state["layers"][-1]["candidates"] if state.get("layers") else []
+    share = majority_share(candidates)
+    if agreed is None and cfg.stop_share is not None and share and share[1] >= cfg.stop_share:
+        agreed = share[0]
+    if agreed is None:
+        return None
+    pool = [*selected, *(c for c in candidates if c["ok"])]
+    return next(c for c in pool if extract_final_answer(c["text"]) == agreed)
+
+
 async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
-    """End the run: synthesise or vote (``finish``); write the answer and the summary."""
+    """End the run as ``finish`` says; write the answer and the summary."""
     cfg = kit.config(runtime)
     selected = state.get("selected", [])
     update: dict[str, Any] = {}
     calls: list[CallRecord] = []
     if cfg.is_single:
-        answer = clean_answer(selected[0]["text"])
+        answer, finished_by = clean_answer(selected[0]["text"]), "the single proposer's answer"
     elif cfg.finish == "vote":
         answer, update["vote"], calls = await vote(kit, cfg, state, selected)
+        record = update["vote"]
+        finished_by = f"vote ({record['method']}): proposer {record['winner_index']}"
+    elif cfg.finish == "agreement" and (agreed := agreed_response(cfg, state)) is not None:
+        answer = clean_answer(agreed["text"])
+        finished_by = f"agreement: proposer {agreed['index']}'s response stands (no call)"
     else:
         answer, calls = await synthesise(kit, cfg, state, selected)
+        finished_by = f"aggregator over {len(selected)} response(s)"
     decision = state["decisions"][-1]
     summary = {
         **usage_summary([*state.get("calls", []), *calls]),
         "layers_run": state["layer"],
         "stopped_at_layer": decision["layer"],
         "stop_reason": decision["reason"],
+        "finished_by": finished_by,
     }
     return {
         **update,

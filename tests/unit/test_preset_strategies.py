@@ -348,3 +348,34 @@ async def test_no_judge_call_on_the_last_allowed_layer() -> None:
     state, _ = await run("smoa", disagree, max_layers=2, final_layer_judge=False)
     assert [layer["judge"]["method"] for layer in state["layers"]] == ["judge", "all"]
     assert calls_by_role(state)["judge"] == 1 and len(state["selected"]) == 4
+
+
+async def test_an_agreed_answer_stands_without_the_aggregator() -> None:
+    agree = answers_by_index({0: 12, 1: 12, 2: 12, 3: 12})
+    state, _ = await run("smoa", agree, max_layers=2, finish="agreement")
+    assert "aggregator" not in calls_by_role(state) and len(state["layers"]) == 1
+    first = state["selected"][0]
+    assert state["answer"] == first["text"] and "Final answer: 12" in state["answer"]
+    assert (
+        f"proposer {first['index']}'s response stands (no call)" in state["summary"]["finished_by"]
+    )
+
+
+async def test_a_layer_that_still_disagrees_is_aggregated() -> None:
+    disagree = answers_by_index({0: 5, 1: 12, 2: 7, 3: 9})
+    state, _ = await run("smoa", disagree, max_layers=2, finish="agreement")
+    assert calls_by_role(state)["aggregator"] == 1 and len(state["layers"]) == 2
+    assert state["summary"]["finished_by"] == "aggregator over 2 response(s)"
+
+
+async def test_the_layers_majority_answer_stands_when_the_selection_disagrees() -> None:
+    three_of_four = answers_by_index({0: 12, 1: 12, 2: 12, 3: 7})
+
+    def responder(call: FakeCall) -> str:  # the judge picks proposers 2 and 3: 12 and 7
+        if call.role == "judge":
+            return '{"reasoning": "r", "chosen": [3, 4], "critique": ""}'
+        return three_of_four(call)
+
+    state, _ = await run("smoa", responder, max_layers=2, stop_share=0.75, finish="agreement")
+    assert "aggregator" not in calls_by_role(state)
+    assert state["answer"].startswith("Proposer 2 reasons.") and state["answer"].endswith("12")
