@@ -233,6 +233,13 @@ class SMoAConfig(BaseModel):
     control_temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="Judge, moderator and role-generator temperature."
     )
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2.0,
+        le=2.0,
+        description="OpenAI-style frequency penalty for every call (positive values discourage "
+        "repeating tokens); default: the backend's own.",
+    )
     max_tokens: int = Field(512, ge=1, le=32768, description="Output cap per proposer call.")
     aggregator_max_tokens: int | None = Field(
         None, ge=1, le=32768, description="Output cap of the aggregator; default: max_tokens."

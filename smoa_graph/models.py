@@ -54,6 +54,8 @@ class ModelRequest:
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float | None = None
+    frequency_penalty: float | None = None
+    """OpenAI-style frequency penalty; None leaves the backend's default."""
     parallel: int = 1
     """Calls of the run that may reach this model at once (its ``n_proposers``)."""
     longest_output: int = 0
@@ -72,6 +74,7 @@ class ModelRequest:
             cfg.base_url,
             cfg.api_key_env,
             cfg.request_timeout_s,
+            frequency_penalty=cfg.frequency_penalty,
             parallel=cfg.n_proposers,
             longest_output=max(cfg.max_tokens, cfg.aggregator_max_tokens or 0),
         )
@@ -162,6 +165,7 @@ def _openai_compatible(
         temperature=request.temperature,
         max_tokens=request.max_tokens,
         timeout=request.timeout_s,
+        frequency_penalty=request.frequency_penalty,
         stream_usage=True,
         max_retries=0,  # retries belong to the graph (smoa_graph.attempts)
         **_own_http_clients(keepalive),
@@ -200,7 +204,9 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
         )
     from langchain.chat_models import init_chat_model
 
-    clients = _own_http_clients() if spec.startswith("openai:") else {}
+    extra: dict[str, Any] = _own_http_clients() if spec.startswith("openai:") else {}
+    if request.frequency_penalty is not None:
+        extra["frequency_penalty"] = request.frequency_penalty
     try:
         return init_chat_model(
             spec,
@@ -208,7 +214,7 @@ def default_model_factory(request: ModelRequest) -> BaseChatModel:
             max_tokens=request.max_tokens,
             timeout=request.timeout_s,
             max_retries=0,
-            **clients,
+            **extra,
         )
     except ImportError as exc:
         raise ModelConfigError(

@@ -19,8 +19,9 @@ import numpy as np
 from smoa_graph.bench.diagnostics import ANSWER_STAGES, has_marker_echo
 
 TOKEN_RATIO_GOAL = 0.55  # SMoA tokens / MoA tokens; the paper reports about 0.6
+QUALITY_MARGIN = 0.02  # ... at a quality no more than 2 points below the best of single and MoA
 ROLES = ("roles", "proposer", "judge", "moderator", "aggregator")  # in the order of a run
-BASELINES = ("moa", "single")  # every other variant is compared with each of these
+BASELINES = ("moa", "single", "self-consistency")  # every other variant is compared with these
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 20241105
 CONFIDENCE = 0.95
@@ -113,11 +114,39 @@ def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[s
     return {
         "variants": table,
         "ratios": ratios,
+        "goals": goal_checks(table, ratios),
         "answer_path": losses,
         "frontier": pareto_frontier(table),
         "token_ratio_goal": TOKEN_RATIO_GOAL,
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE},
     }
+
+
+def goal_checks(
+    table: dict[str, dict[str, Any]], ratios: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per variant: is it cheap enough against MoA and as good as the best of single and MoA?
+
+    The goal of a sparse variant: tokens <= TOKEN_RATIO_GOAL x MoA's (paired items) and quality
+    >= max(single, moa) - QUALITY_MARGIN. Empty unless both baselines ran.
+    """
+    baselines = [table.get(b, {}).get("quality") for b in ("single", "moa")]
+    if None in baselines:
+        return {}
+    best = max(q for q in baselines if q is not None)
+    checks: dict[str, dict[str, Any]] = {}
+    for name, stats in table.items():
+        vs_moa = ratios.get(f"{name}/moa")
+        if name in BASELINES or vs_moa is None or stats["quality"] is None:
+            continue
+        margin = round(stats["quality"] - best, 4)
+        checks[name] = {
+            "tokens_vs_moa": vs_moa["tokens"],
+            "tokens_met": vs_moa["tokens"] is not None and vs_moa["tokens"] <= TOKEN_RATIO_GOAL,
+            "quality_vs_best": margin,
+            "quality_met": margin >= -QUALITY_MARGIN,
+        }
+    return checks
 
 
 def paired(rows: Sequence[dict[str, Any]], a: str, b: str) -> Pairs:
@@ -176,6 +205,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
 def _with_ci(value: float | None, interval: list[float] | None, digits: int = 3) -> str:
@@ -243,6 +276,18 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
                 f"| {name} | {r['items']} | {_with_ci(r['tokens'], r['tokens_ci'])} | "
                 f"{_fmt(r['calls'], 3)} | {_fmt(r['wall_s'], 3)} | "
                 f"{_with_ci(r['quality_delta'], r['quality_delta_ci'])} |"
+            )
+    if summary.get("goals"):
+        lines += [
+            "",
+            f"| goal: tokens <= {summary['token_ratio_goal']}x moa, quality >= best of single "
+            f"and moa - {QUALITY_MARGIN * 100:.0f} pts | tokens/moa | | quality - best | |",
+            "|---|---:|---|---:|---|",
+        ]
+        for name, g in summary["goals"].items():
+            lines.append(
+                f"| {name} | {_fmt(g['tokens_vs_moa'], 3)} | {_met(g['tokens_met'])} | "
+                f"{g['quality_vs_best']:+.3f} | {_met(g['quality_met'])} |"
             )
     if summary["answer_path"]:
         lines += [

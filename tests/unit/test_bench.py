@@ -277,6 +277,34 @@ def test_pairs_are_matched_by_item_id_with_missing_items() -> None:
     assert ratio["quality_delta_ci"] == [1.0, 1.0]
 
 
+def test_goal_checks_against_moa_tokens_and_the_best_baseline() -> None:
+    rows = []
+    for i, (single, moa, cheap, dear) in enumerate([(1, 0, 1, 1), (0, 1, 1, 1), (1, 0, 0, 1)]):
+        item = f"q{i}"
+        rows += [
+            scored_row("single", item, float(single), 100),
+            scored_row("moa", item, float(moa), 1000),
+            scored_row("cheap-but-worse", item, 0.0, 500),
+            scored_row("cheaper-and-good", item, float(cheap), 500),
+            scored_row("good-but-dear", item, float(dear), 600),
+        ]
+    summary = summarize(
+        rows, ["single", "moa", "cheap-but-worse", "cheaper-and-good", "good-but-dear"]
+    )
+    goals = summary["goals"]
+    assert set(goals) == {"cheap-but-worse", "cheaper-and-good", "good-but-dear"}  # not baselines
+    assert goals["cheaper-and-good"] == {  # single is the best baseline: 2/3
+        "tokens_vs_moa": 0.5,
+        "tokens_met": True,
+        "quality_vs_best": 0.0,
+        "quality_met": True,
+    }
+    assert not goals["cheap-but-worse"]["quality_met"] and goals["cheap-but-worse"]["tokens_met"]
+    assert goals["good-but-dear"]["quality_met"] and not goals["good-but-dear"]["tokens_met"]
+    assert "| cheaper-and-good | 0.500 | met | +0.000 | met |" in to_markdown(summary, "t")
+    assert summarize(rows, ["moa", "cheaper-and-good"])["goals"] == {}  # no single baseline
+
+
 def test_frontier_on_a_handmade_set() -> None:
     def point(tokens: float | None, quality: float | None) -> dict:
         return {"tokens": tokens, "quality": quality}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -60,3 +62,13 @@ def test_import_and_build_need_no_api_key(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     compiled = build_smoa_graph(SMoAConfig(model="openai:gpt-4o-mini")).compile()
     assert {"prepare", "layer", "moderator", "aggregator"} <= set(compiled.get_graph().nodes)
+
+
+def test_the_frequency_penalty_reaches_every_chat_model() -> None:
+    from smoa_graph import ModelRequest, default_model_factory
+
+    for penalty in (0.4, None):
+        cfg = SMoAConfig(model="m@http://127.0.0.1:9/v1", frequency_penalty=penalty)
+        model: Any = default_model_factory(ModelRequest.for_config(cfg, cfg.model, 0.7, 32))
+        assert model.frequency_penalty == penalty
+        assert ("frequency_penalty" in model._default_params) is (penalty is not None)

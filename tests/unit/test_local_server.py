@@ -418,3 +418,22 @@ def test_log_files_are_pruned() -> None:
         (logs / f"llama-server-{i}.log").write_text("x")
     ls._new_log_file(99)
     assert len(list(logs.glob("*.log"))) < 20
+
+
+def test_the_server_a_model_starts_is_sized_for_the_widest_config(fake_env: None) -> None:
+    from smoa_graph import SMoAConfig, default_model_factory
+    from smoa_graph.nodes.kit import build_widest_models
+
+    configs = [
+        SMoAConfig(preset="single", max_tokens=96),
+        SMoAConfig(preset="smoa", n_proposers=6, k=2, max_tokens=96, aggregator_max_tokens=200),
+    ]
+    build_widest_models(configs, default_model_factory)  # a single run first would get 1 slot
+    owned = ls._owned
+    assert owned is not None
+    try:
+        args = _cmdline(owned.pid or 0)
+        assert args[args.index("-np") + 1] == "6"
+        assert args[args.index("-c") + 1] == str(6 * ls.slot_context(6, 200))
+    finally:
+        owned.stop()
