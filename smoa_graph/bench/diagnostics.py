@@ -32,6 +32,13 @@ def has_marker_echo(text: str) -> bool:
     return bool(marker_echoes(text))
 
 
+def raw_echoes(layers: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """(responses that echo markers or headers, responses that read others' answers): the raw
+    text of every successful proposer response after layer 1, before any cleaning."""
+    read = [c["text"] for layer in layers[1:] for c in layer["candidates"] if c["ok"]]
+    return sum(has_marker_echo(text) for text in read), len(read)
+
+
 def answer_path(
     item: BenchItem, layers: Sequence[Mapping[str, Any]], final_correct: bool
 ) -> dict[str, bool] | None:

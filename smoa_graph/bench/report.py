@@ -81,6 +81,7 @@ def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[s
         mine = [r for r in rows if r["variant"] == name]
         scored = [r["quality"] for r in mine if r.get("quality") is not None]
         echoes = sum(has_marker_echo(r.get("answer") or "") for r in mine)
+        echoed, read = (sum(r.get("raw_echoes", (0, 0))[i] for r in mine) for i in (0, 1))
         table[name] = {
             "items": len(mine),
             "scored": len(scored),
@@ -94,6 +95,7 @@ def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[s
             "layers": _mean([r["layers"] for r in mine]),
             "echoes": echoes,
             "echo_rate": echoes / len(mine) if mine else None,
+            "raw_echo_rate": echoed / read if read else None,
             "tokens_by_role": {
                 role: _mean([r.get("tokens_by_role", {}).get(role, 0) for r in mine])
                 for role in ROLES
@@ -239,8 +241,8 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
         f" resamples, seed {boot['seed']}).",
         "",
         "| variant | items | quality [95% CI] | tokens/query | of them cached | calls/query "
-        "| wall s/query | TTFT s | layers | marker echoes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall s/query | TTFT s | layers | answers echoing markers | raw echo rate |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in summary["variants"].items():
         lines.append(
@@ -248,7 +250,7 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
             f"{_fmt(s['tokens'], 0)} | {_fmt(s.get('cached_tokens'), 0)} | "
             f"{_fmt(s['calls'], 1)} | {_fmt(s['wall_s'], 1)} | "
             f"{_fmt(s['ttft_s'], 1)} | {_fmt(s['layers'], 2)} | {s['echoes']} "
-            f"({_fmt(s['echo_rate'], 2)}) |"
+            f"({_fmt(s['echo_rate'], 2)}) | {_fmt(s.get('raw_echo_rate'), 2)} |"
         )
     roles = [
         role

@@ -24,7 +24,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from tqdm.asyncio import tqdm
 
 from smoa_graph.bench.datasets import BenchItem
-from smoa_graph.bench.diagnostics import answer_path
+from smoa_graph.bench.diagnostics import answer_path, raw_echoes
 from smoa_graph.bench.scorers import RubricParseError, score, score_rubric
 from smoa_graph.checkpoints import open_persistence
 from smoa_graph.config import PRESET_FIXED, SMoAConfig
@@ -144,6 +144,7 @@ async def run_one(
         layers=summary["layers_run"],
         stop_reason=summary["stop_reason"],
         finished_by=summary["finished_by"],
+        raw_echoes=raw_echoes(state["layers"]),
         calls=summary["total"]["calls"],
         failed_calls=summary["total"]["failed_calls"],
         tokens=summary["total"]["total_tokens"],

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from smoa_graph.bench.datasets import BenchItem, load_dataset
-from smoa_graph.bench.diagnostics import ANSWER_STAGES, answer_path, has_marker_echo
+from smoa_graph.bench.diagnostics import ANSWER_STAGES, answer_path, has_marker_echo, raw_echoes
 from smoa_graph.bench.report import (
     bootstrap_interval,
     compare,
@@ -460,7 +460,24 @@ def test_echo_rate_per_variant() -> None:
     stats = summarize(rows, ["moa"])["variants"]["moa"]
     assert (stats["echoes"], stats["echo_rate"]) == (2, 0.5)
     assert "| moa | 4 | 0.500 [" in to_markdown(summarize(rows, ["moa"]), "t")
-    assert "| 2 (0.50) |" in to_markdown(summarize(rows, ["moa"]), "t")
+    assert "| 2 (0.50) | - |" in to_markdown(summarize(rows, ["moa"]), "t")  # no raw counts
+
+
+def test_raw_echoes_count_later_layers_responses_before_cleaning() -> None:
+    def layer(*texts: str) -> dict:
+        return {"candidates": [{"text": t, "ok": True} for t in texts]}
+
+    layers = [
+        layer("<<<RESPONSE 1 x>>> layer 1 reads nothing", "4"),  # not counted: reads no answers
+        layer("5\n--- 2nd answer ---\n5", "Final answer: 5", "The answer is 5."),
+        layer("< < <RESPONSE 7 c189f312>>", "5"),
+    ]
+    assert raw_echoes(layers) == (2, 5)
+    rows = [
+        {**scored_row("smoa", "a", 1.0), "raw_echoes": [2, 5]},
+        {**scored_row("smoa", "b", 1.0), "raw_echoes": [0, 3]},
+    ]
+    assert summarize(rows, ["smoa"])["variants"]["smoa"]["raw_echo_rate"] == 0.25
 
 
 def test_report_lists_the_frontier_and_plots_intervals(tmp_path: Path) -> None:
