@@ -11,7 +11,7 @@ ARGS ?= --max-layers 2 --max-tokens 256
 LLAMA_CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \
 	-DLLAMA_USE_PREBUILT_UI=OFF
 
-.PHONY: setup ask test lint unit integration compat-latest postgres bench-local bench-orchestration bench-faults bench-server bench-prefix bench-memory stop-local clean
+.PHONY: setup ask test lint unit integration compat-latest postgres bench-local bench-orchestration bench-faults bench-server bench-prefix bench-memory bench-reference stop-local clean
 
 # Installs the project with everything it needs; reruns only when pyproject.toml changes.
 # The first run builds llama-server from source (15.7 CPU-minutes with LLAMA_CMAKE_ARGS, 22.1
@@ -72,6 +72,13 @@ bench-prefix: setup
 
 bench-memory: setup
 	$(BIN)/python benchmarks/local_memory.py
+
+# The papers' reference MoA and SMoA code against our moa and smoa presets, from checkouts of
+# togethercomputer/MoA and David-Li0406/SMoA (see benchmarks/reference_compare.py).
+MOA_REPO ?= /tmp/ref/MoA
+SMOA_REPO ?= /tmp/ref/SMoA
+bench-reference: setup
+	$(BIN)/python benchmarks/reference_compare.py --moa-repo $(MOA_REPO) --smoa-repo $(SMOA_REPO)
 
 # LangGraph Studio on the local server (graphs: smoa, smoa_demo); see docs/studio.md.
 studio: setup
