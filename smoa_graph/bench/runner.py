@@ -220,12 +220,18 @@ async def run_bench(
     if todo:
         await asyncio.to_thread(build_widest_models, [v.config for v in variants], factory)
     async with open_persistence(checkpoint_db or checkpoints) as (saver, _):
-        await tqdm.gather(
-            *(task(v, i, saver) for v, i in todo),
-            desc="smoa bench",
-            unit="run",
-            disable=not progress,
-        )
+        # Tasks made in order take the semaphore in order (tqdm.gather would start them in a
+        # set's order), so a run stopped midway leaves whole items behind it.
+        tasks = [asyncio.create_task(task(v, i, saver)) for v, i in todo]
+        try:
+            for finished in tqdm.as_completed(
+                tasks, desc="smoa bench", unit="run", disable=not progress
+            ):
+                await finished
+        finally:
+            for pending in tasks:
+                pending.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     wanted = {(v.name, i.id) for v in variants for i in items}
     if wanted <= done.keys() and checkpoint_db is None:  # nothing left to resume
         checkpoints.unlink(missing_ok=True)

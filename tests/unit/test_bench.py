@@ -64,6 +64,18 @@ async def test_run_writes_rows_and_resumes_without_repeating(tmp_path: Path) -> 
     assert new_calls == 1 + 9 + 6  # one item: single, moa, smoa
 
 
+async def test_pairs_start_item_by_item_so_a_stopped_run_leaves_whole_items(
+    tmp_path: Path,
+) -> None:
+    variants = [parse_variant(p, BASE) for p in ("single", "moa", "smoa", "self-consistency")]
+    await run_bench(
+        variants, items(5), tmp_path, model_factory=fake_factory(), concurrency=1, progress=False
+    )
+    lines = [json.loads(line) for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
+    order = [(row["item_id"], row["variant"]) for row in lines]
+    assert order == [(i.id, v.name) for i in items(5) for v in variants]
+
+
 async def test_failed_runs_are_recorded_and_retried(tmp_path: Path) -> None:
     broken = {"on": True}
 
