@@ -161,10 +161,11 @@ class SMoAConfig(BaseModel):
     )
     stop_share: float | None = Field(
         None,
-        gt=0.5,
+        ge=0.5,
         le=1.0,
-        description="Also stop when at least this share of the layer's extracted answers agree "
-        "(all of its responses, not only the selected ones); default: off.",
+        description="Also stop when at least this share of the layer's responses give one "
+        "extracted answer that no other answer ties (all of its responses, not only the "
+        "selected ones; 0.5 of 4 is a plurality of 2); default: off.",
     )
     final_layer_judge: bool = Field(
         True,

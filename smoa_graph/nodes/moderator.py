@@ -24,9 +24,10 @@ from smoa_graph.state import CallRecord, Candidate, ModeratorDecision, SMoAState
 
 
 def majority_share(candidates: list[Candidate]) -> tuple[str, float] | None:
-    """The most common extracted answer of a layer's successful responses and its share."""
+    """The most common extracted answer of a layer's successful responses and its share; None
+    when no answer is extracted or two answers tie for the most support."""
     vote = majority_vote([c["text"] for c in candidates if c["ok"]])
-    if vote.winner is None:
+    if vote.winner is None or vote.tie:
         return None
     return vote.winner, vote.counts[vote.winner] / sum(c["ok"] for c in candidates)
 

@@ -379,3 +379,28 @@ async def test_the_layers_majority_answer_stands_when_the_selection_disagrees() 
     state, _ = await run("smoa", responder, max_layers=2, stop_share=0.75, finish="agreement")
     assert "aggregator" not in calls_by_role(state)
     assert state["answer"].startswith("Proposer 2 reasons.") and state["answer"].endswith("12")
+
+
+@pytest.mark.parametrize(
+    ("answers", "layers", "answer"),
+    [
+        ({0: 7, 1: 12, 2: 12, 3: 9}, 1, "12"),  # a plurality of 2 of 4 stops, and stands
+        ({0: 7, 1: 7, 2: 12, 3: 12}, 2, None),  # 2 against 2: no answer leads, go on
+        ({0: 5, 1: 12, 2: 7, 3: 9}, 2, None),  # all differ
+    ],
+)
+async def test_a_plurality_of_half_the_layer_stops_only_without_a_tie(
+    answers: dict[int, int], layers: int, answer: str | None
+) -> None:
+    state, _ = await run(
+        "smoa",
+        answers_by_index(answers),
+        max_layers=2,
+        stop_share=0.5,
+        selection="vote",
+        finish="agreement",
+    )
+    assert len(state["layers"]) == layers
+    if answer is not None:
+        assert state["answer"].endswith(f"Final answer: {answer}")
+        assert "aggregator" not in calls_by_role(state)
