@@ -192,6 +192,7 @@ async def stream_run(
     """Run (or resume, with ``inputs=None``) the graph; progress to stderr, tokens to stdout."""
     started = time.perf_counter()
     final: dict[str, Any] = {}
+    streamed = False
     chunk: Any
     async for namespace, mode, chunk in graph.astream(
         inputs,
@@ -207,10 +208,12 @@ async def stream_run(
                 print(line, file=sys.stderr, flush=True)
         elif mode == "messages" and stream:
             message, metadata = chunk
-            if is_final_answer(metadata):
+            if is_final_answer(metadata) and message.text:
                 print(message.text, end="", flush=True)
+                streamed = True
     if stream:
-        print()
+        # An answer that no call wrote (a vote, an agreed response) is printed whole.
+        print("" if streamed else final.get("answer", ""))
     return final, time.perf_counter() - started
 
 

@@ -58,6 +58,27 @@ def disagreeing_responder(call: FakeCall) -> str:
     return default_responder(call)
 
 
+EVERY_ROLE: dict[str, Any] = {
+    "max_layers": 3,
+    "moderator": "hybrid",
+    "selection": "judge",
+    "activation": "all",
+    "judge_view_chars": None,
+    "stop_share": None,
+    "final_layer_judge": True,
+    "finish": "aggregate",
+    "role_prompts": True,
+}
+"""SMoA with every role at work: the judge selects, the moderator model votes when the selection
+disagrees, the aggregator synthesises. Tests of those roles start from it; the ``smoa`` preset's
+own defaults skip calls that measured not to pay."""
+
+
+def every_role(**fields: Any) -> SMoAConfig:
+    """A config of :data:`EVERY_ROLE` with ``fields`` laid over it."""
+    return SMoAConfig(**{**EVERY_ROLE, **fields})
+
+
 def fake_factory(**fake_options: Any) -> Callable[[ModelRequest], FakeChatModel]:
     """A model factory that builds one shared ``FakeChatModel`` per spec."""
     models: dict[str, FakeChatModel] = {}

@@ -51,7 +51,8 @@ CLI_WORKER = FAKES + textwrap.dedent(
 
 ASK_ARGV = ["ask", "What is 6*7?", "--model", "fast", "-n", "4", "-k", "2", "--layers", "1"]
 ASK_ARGV += ["--proposer-models", "fast", "fast", "slow", "slow", "--quiet"]
-"""A one-layer question on two fast and two slow proposers."""
+ASK_ARGV += ["--selection", "judge", "--final-layer-judge", "--finish", "aggregate"]
+"""A one-layer question on two fast and two slow proposers, judged and aggregated."""
 
 RESUMED_CALLS = {
     ("proposer", 2): 1,

@@ -41,7 +41,7 @@ from pydantic import Field
 
 from smoa_graph import ModelRequest, SMoAConfig, build_smoa_graph
 from smoa_graph.config import Preset
-from smoa_graph.testing import FakeCall, FakeChatModel, disagreeing_responder
+from smoa_graph.testing import EVERY_ROLE, FakeCall, FakeChatModel, disagreeing_responder
 
 T = TypeVar("T")
 
@@ -295,8 +295,11 @@ class Report:
 
 
 async def measure_critical_path(preset: Preset, settings: Settings) -> CriticalPathResult:
-    """Run a preset ``repeats`` times with simulated latencies; compare wall to critical path."""
-    config = SMoAConfig(preset=preset, model="fake")
+    """Run a preset ``repeats`` times with simulated latencies; compare wall to critical path.
+
+    smoa runs with every role at work (``EVERY_ROLE``): judge, moderator and aggregator calls
+    are on its critical path."""
+    config = SMoAConfig(preset=preset, model="fake", **(EVERY_ROLE if preset == "smoa" else {}))
     warm = FakeBackend(TimedFakeChatModel(responder=disagreeing_responder))
     await run_query(compile_graph(config, warm), warm)  # warm-up at zero latency
     backend = FakeBackend(
@@ -329,7 +332,8 @@ async def measure_overhead(
     n: int, k: int, layers: int, queries: int, warmup: int, seed: int
 ) -> OverheadResult:
     """Per-query time of the smoa graph with zero-latency fakes, after ``warmup`` queries."""
-    config = SMoAConfig(preset="smoa", n_proposers=n, k=k, max_layers=layers, model="fake")
+    fields = {**EVERY_ROLE, "n_proposers": n, "k": k, "max_layers": layers, "model": "fake"}
+    config = SMoAConfig(preset="smoa", **fields)
     backend = FakeBackend(TimedFakeChatModel(responder=disagreeing_responder, seed=seed))
     graph = compile_graph(config, backend)
     for _ in range(warmup):

@@ -140,7 +140,7 @@ async def run_one(
     row.update(
         answer=state["answer"],
         wall_s=round(wall, 3),
-        ttft_s=None if ttft is None else round(ttft, 3),
+        ttft_s=round(wall if ttft is None else ttft, 3),  # an answer not streamed: at the end
         layers=summary["layers_run"],
         stop_reason=summary["stop_reason"],
         finished_by=summary["finished_by"],

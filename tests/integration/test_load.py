@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from smoa_graph import SMoAConfig, build_smoa_graph
+from smoa_graph import build_smoa_graph
 from smoa_graph.local_server import LocalServer, process_rss_mb
+from smoa_graph.testing import every_role
 
 RUNS = 50
 IN_FLIGHT = 8  # runs at once: 16 proposer requests queue on the server's 4 slots
@@ -36,7 +37,7 @@ async def test_fifty_concurrent_runs(
     local_server: LocalServer, local_base_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SMOA_LOCAL_BASE_URL", local_base_url)
-    config = SMoAConfig(
+    config = every_role(
         model="local", n_proposers=2, k=1, max_layers=1, max_tokens=8, aggregator_max_tokens=8
     )
     graph = build_smoa_graph(config).compile()

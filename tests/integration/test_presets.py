@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from smoa_graph import SMoAConfig, build_smoa_graph
+from smoa_graph.testing import every_role
 
 SMALL = {"model": "local", "max_tokens": 48, "aggregator_max_tokens": 48}
 QUESTION = "What is 12 + 30? Answer with the number."
@@ -87,7 +88,7 @@ async def test_smoa_paper_on_the_local_model(tmp_path: Path) -> None:
 
 
 async def test_smoa_judge_and_moderator_parse_under_constrained_output() -> None:
-    config = SMoAConfig(
+    config = every_role(
         **SMALL, n_proposers=4, k=2, max_layers=2, moderator="model", proposer_dispatch="parallel"
     )
     graph = build_smoa_graph(config).compile()

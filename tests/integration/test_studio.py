@@ -213,6 +213,7 @@ async def test_smoa_graph_runs_on_the_local_model(studio: str) -> None:
     assistant = (await assistants(studio))["smoa"]
     thread = await client.threads.create()
     context = {"model": "local", "max_tokens": 32, "n_proposers": 2, "k": 1, "max_layers": 1}
+    context |= {"selection": "judge", "final_layer_judge": True}  # the judge keeps k=1
     result = await asyncio.wait_for(
         client.runs.wait(
             thread["thread_id"],

@@ -15,7 +15,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from pydantic import ValidationError
 
 from smoa_graph import InvalidInputError, SMoAChatModel, SMoAConfig, build_smoa_graph
-from smoa_graph.testing import FakeCall, default_responder, fake_factory
+from smoa_graph.testing import EVERY_ROLE, FakeCall, default_responder, every_role, fake_factory
 
 FINAL = "The mixture says: 42"
 
@@ -27,7 +27,8 @@ def responder(call: FakeCall) -> str:
 
 def chat_model(**fields: Any) -> tuple[SMoAChatModel, Any]:
     factory = fake_factory(responder=responder)
-    return SMoAChatModel(model="fake", model_factory=factory, **fields), factory
+    base = {} if "preset" in fields else EVERY_ROLE  # smoa with the aggregator at the end
+    return SMoAChatModel(model="fake", model_factory=factory, **{**base, **fields}), factory
 
 
 def calls(factory: Any) -> list[FakeCall]:
@@ -59,7 +60,7 @@ def test_invoke_answers_with_usage_and_trace_summary() -> None:
     llm, factory = chat_model(n_proposers=3)
     reply = llm.invoke("What is 6 * 7?")
     assert isinstance(reply, AIMessage) and reply.text == FINAL
-    summary = direct_run(SMoAConfig(model="fake", n_proposers=3), [HumanMessage("What is 6 * 7?")])[
+    summary = direct_run(every_role(model="fake", n_proposers=3), [HumanMessage("What is 6 * 7?")])[
         "summary"
     ]
     assert counts(reply.response_metadata["smoa"]) == counts(summary)

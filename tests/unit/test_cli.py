@@ -23,8 +23,10 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def test_ask_prints_answer_progress_and_summary(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["ask", "What is 6*7?", "--model", "fake"], capsys)
     assert code == 0
-    assert out.startswith("I am aggregator None in layer 1. Final answer: 42\n")
-    assert "stopped: selected responses agree" in out and "6 calls (0 failed)" in out
+    assert out.startswith("I am proposer 0 in layer 1. Final answer: 42\n")  # it stands
+    assert "stopped: 100% of the layer's answers agree on 42" in out
+    assert "answer: agreement: proposer 0's response stands (no call)" in out
+    assert "4 calls (0 failed)" in out
     assert "layer 1: proposer 3 done" in err and "moderator after layer 1: stop" in err
 
 
@@ -34,16 +36,27 @@ def test_ask_json_has_the_whole_trace(capsys: pytest.CaptureFixture[str]) -> Non
     data = json.loads(out)
     assert data["answer"].endswith("Final answer: 42")
     assert len(data["layers"][0]["candidates"]) == 3
-    assert data["layers"][0]["judge"]["selected"] == [0, 1]
+    assert data["layers"][0]["judge"] | {"reasoning": ""} == {
+        "selected": [0, 1],  # one answer for three: selected by vote, no judge call
+        "method": "vote",
+        "reasoning": "",
+        "critique": "",
+        "called": False,
+        "fallback": None,
+        "stop_vote": None,
+    }
     assert data["decisions"][0]["stop"] is True
-    assert data["summary"]["total"]["calls"] == len(data["calls"]) == 5
+    assert data["summary"]["total"]["calls"] == len(data["calls"]) == 3
     assert data["config"]["n_proposers"] == 3
 
 
 def test_ask_streams_the_final_answer(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(["ask", "q", "--model", "fake", "--stream", "--quiet"], capsys)
+    ask = ["ask", "q", "--model", "fake", "--stream", "--quiet"]
+    code, out, _ = run([*ask, "--finish", "aggregate"], capsys)
     assert code == 0
     assert out.startswith("I am aggregator None in layer 1. Final answer: 42\n")
+    code, out, _ = run(ask, capsys)  # no call writes an agreed answer: printed whole
+    assert code == 0 and out.startswith("I am proposer 0 in layer 1. Final answer: 42\n")
 
 
 def test_question_from_stdin(
@@ -144,7 +157,8 @@ def test_only_failed_model_calls_are_reported_as_endpoint_errors(
     assert "model endpoint error" not in err
     failing = faulty_factory(script=["error"])  # the aggregator's call: ConnectionError
     code = main(
-        [*ask, "--max-attempts", "1", "--aggregator-model", "faulty"], model_factory=failing
+        [*ask, "--max-attempts", "1", "--aggregator-model", "faulty", "--finish", "aggregate"],
+        model_factory=failing,
     )
     err = capsys.readouterr().err
     assert code == 1 and "model endpoint error: ConnectionError: injected connection error" in err

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from smoa_graph import InvalidInputError, ModelRequest, SMoAConfig, build_smoa_graph
-from smoa_graph.testing import fake_factory
+from smoa_graph.testing import every_role, fake_factory
 
 BUILT = SMoAConfig(model="openai:gpt-4o-mini", n_proposers=3, k=2, max_layers=2)
 
@@ -86,7 +86,7 @@ async def test_a_context_that_does_not_validate_fails_before_any_model_is_built(
     with pytest.raises(InvalidInputError, match="k: k=5 is larger than n_proposers=3"):
         await graph.ainvoke({"prompt": "q?"}, context={"k": 5})
     assert factory.requests == []
-    wide = build_smoa_graph(SMoAConfig(model="fake", n_proposers=8, k=2, max_layers=1))
+    wide = build_smoa_graph(every_role(model="fake", n_proposers=8, k=2, max_layers=1))
     state = await wide.compile().ainvoke({"prompt": "q?"}, context={"k": 6})  # valid with n=8
     assert len(state["layers"][0]["judge"]["selected"]) == 6
 

@@ -14,12 +14,12 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk
 from pydantic import Field
 
-from smoa_graph import SMoAConfig, build_smoa_graph
+from smoa_graph import build_smoa_graph
 from smoa_graph.nodes.dispatch import dispatch_policy
 from smoa_graph.nodes.proposer import proposer_messages
 from smoa_graph.prompts import render
 from smoa_graph.state import Candidate, ProposerTask
-from smoa_graph.testing import FakeChatModel, disagreeing_responder
+from smoa_graph.testing import FakeChatModel, disagreeing_responder, every_role
 
 
 def task(index: int, role: str, references: list[Candidate]) -> ProposerTask:
@@ -69,8 +69,8 @@ def test_proposers_of_a_layer_share_everything_but_their_role_at_the_end() -> No
 def test_auto_dispatch_is_sequential_only_on_the_local_model(
     fields: dict[str, Any], policy: str
 ) -> None:
-    assert dispatch_policy(SMoAConfig(**fields), shared_references=True) == policy
-    first_layer = dispatch_policy(SMoAConfig(**fields), shared_references=False)
+    assert dispatch_policy(every_role(**fields), shared_references=True) == policy
+    first_layer = dispatch_policy(every_role(**fields), shared_references=False)
     assert first_layer == ("parallel" if policy == "sequential" else policy)
 
 
@@ -108,7 +108,7 @@ async def test_dispatch_orders_the_calls_but_not_the_graph(
     policy: str, in_flight: int, first_alone: bool, sync: bool
 ) -> None:
     model = Overlap(responder=disagreeing_responder, latency_s=0.05, spans=[])
-    config = SMoAConfig(model="fake", n_proposers=4, k=2, max_layers=2, proposer_dispatch=policy)
+    config = every_role(model="fake", n_proposers=4, k=2, max_layers=2, proposer_dispatch=policy)
     graph = build_smoa_graph(config, model_factory=lambda request: model).compile()
     if sync:
         state = await asyncio.to_thread(graph.invoke, {"prompt": "q?"})

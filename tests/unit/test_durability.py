@@ -24,13 +24,13 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from smoa_graph import AllProposersFailedError, SMoAConfig, build_smoa_graph
+from smoa_graph import AllProposersFailedError, build_smoa_graph
 from smoa_graph.bench.datasets import BenchItem
 from smoa_graph.bench.runner import CHECKPOINTS_FILE, parse_variant, run_bench
 from smoa_graph.checkpoints import open_persistence
 from smoa_graph.cli import main
 from smoa_graph.resume import aprepare_resume, prepare_resume
-from smoa_graph.testing import FakeCall, default_responder, fake_factory
+from smoa_graph.testing import EVERY_ROLE, FakeCall, default_responder, every_role, fake_factory
 
 THREAD: Any = {"configurable": {"thread_id": "t"}}
 
@@ -38,9 +38,10 @@ THREAD: Any = {"configurable": {"thread_id": "t"}}
 SYNC_WORKER = FAKES + textwrap.dedent(
     """
     from langgraph.checkpoint.sqlite import SqliteSaver
-    from smoa_graph import SMoAConfig, build_smoa_graph
+    from smoa_graph import build_smoa_graph
+    from smoa_graph.testing import every_role
 
-    config = SMoAConfig(
+    config = every_role(
         model="fast", n_proposers=4, k=2, max_layers=1,
         proposer_models=["fast", "fast", "slow", "slow"],
     )
@@ -100,7 +101,7 @@ def test_a_killed_sync_run_resumes_with_the_sync_sqlite_saver(tmp_path: Path) ->
     db = tmp_path / "c.sqlite"
     kill_after_the_fast_proposers(tmp_path, SYNC_WORKER, [str(db)], lambda: finished_proposers(db))
     factory = fake_factory()
-    config = SMoAConfig(model="fake", n_proposers=4, k=2, max_layers=1)
+    config = every_role(model="fake", n_proposers=4, k=2, max_layers=1)
     with SqliteSaver.from_conn_string(str(db)) as saver:
         graph = build_smoa_graph(config, model_factory=factory).compile(checkpointer=saver)
         assert prepare_resume(graph, THREAD)
@@ -123,7 +124,7 @@ async def test_a_failed_aggregator_resumes_alone_and_sync_saver_reads_the_file(
         return default_responder(call)
 
     factory = fake_factory(responder=responder)
-    config = SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=1, retry_backoff_s=0)
+    config = every_role(model="fake", n_proposers=3, k=2, max_layers=1, retry_backoff_s=0)
     db = tmp_path / "c.sqlite"
     async with AsyncSqliteSaver.from_conn_string(str(db)) as saver:
         graph = build_smoa_graph(config, model_factory=factory).compile(checkpointer=saver)
@@ -155,7 +156,7 @@ async def test_a_layer_whose_proposers_all_failed_restarts_on_resume() -> None:
         return default_responder(call)
 
     factory = fake_factory(responder=responder)
-    config = SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=2, max_attempts=1)
+    config = every_role(model="fake", n_proposers=3, k=2, max_layers=2, max_attempts=1)
     graph = build_smoa_graph(config, model_factory=factory).compile(checkpointer=InMemorySaver())
     with pytest.raises(AllProposersFailedError, match="layer 2"):
         await graph.ainvoke({"prompt": "q"}, THREAD)
@@ -177,7 +178,7 @@ async def test_a_layer_whose_proposers_all_failed_restarts_on_resume() -> None:
 
 async def test_review_before_the_aggregator_can_change_the_selection() -> None:
     factory = fake_factory()
-    config = SMoAConfig(model="fake", n_proposers=4, k=2, max_layers=1)
+    config = every_role(model="fake", n_proposers=4, k=2, max_layers=1)
     graph = build_smoa_graph(config, model_factory=factory).compile(
         checkpointer=InMemorySaver(), interrupt_before=["aggregator"]
     )
@@ -198,6 +199,7 @@ def test_cli_review_then_resume_with_a_new_selection(
 ) -> None:
     db = ["--checkpoint-db", str(tmp_path / "c.sqlite")]
     ask = ["ask", "q", "--model", "fake", "-n", "3", "-k", "2", "--quiet", *db]
+    ask += ["--selection", "judge", "--finish", "aggregate"]  # the judge's pick, then aggregated
     assert main([*ask, "--review", "--thread-id", "r"], model_factory=fresh_models) == 0
     out = capsys.readouterr().out
     assert "paused before the aggregator" in out and " * proposer 0: " in out
@@ -254,7 +256,7 @@ async def test_a_failed_bench_pair_resumes_mid_item(tmp_path: Path) -> None:
         return default_responder(call)
 
     factory = fake_factory(responder=responder)
-    variants = [parse_variant("smoa", {"model": "fake", "retry_backoff_s": 0})]
+    variants = [parse_variant("smoa", {"model": "fake", "retry_backoff_s": 0, **EVERY_ROLE})]
     items = [BenchItem(id="q1", dataset="t", kind="numeric", prompt="q", reference="42")]
     assert await run_bench(variants, items, tmp_path, model_factory=factory, progress=False) == []
     assert (tmp_path / CHECKPOINTS_FILE).exists()  # the unfinished pair's thread is kept
@@ -275,7 +277,7 @@ async def test_bench_runs_sharing_a_checkpoint_db_keep_their_threads_apart(tmp_p
         return default_responder(call)
 
     factory = fake_factory(responder=responder)
-    variants = [parse_variant("smoa", {"model": "fake", "retry_backoff_s": 0})]
+    variants = [parse_variant("smoa", {"model": "fake", "retry_backoff_s": 0, **EVERY_ROLE})]
     items = [BenchItem(id="q1", dataset="t", kind="numeric", prompt="q", reference="42")]
     shared, first, second = tmp_path / "shared.sqlite", tmp_path / "a", tmp_path / "b"
 

@@ -29,10 +29,10 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
-from smoa_graph import SMoAConfig, build_smoa_graph
-from smoa_graph.testing import fake_factory
+from smoa_graph import build_smoa_graph
+from smoa_graph.testing import every_role, fake_factory
 
-CONFIG = SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=2)
+CONFIG = every_role(model="fake", n_proposers=3, k=2, max_layers=2)
 ANSWER = "Final answer: 42"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -257,7 +257,7 @@ async def test_multi_turn_on_a_thread() -> None:
 async def test_per_run_context_overrides_the_build_config() -> None:
     smoa, factory = make_smoa()
     result = await smoa.ainvoke(
-        {"prompt": "hi"}, context=SMoAConfig(model="fake", n_proposers=2, k=1, max_layers=1)
+        {"prompt": "hi"}, context=every_role(model="fake", n_proposers=2, k=1, max_layers=1)
     )
     assert len(result["layers"][0]["candidates"]) == 2
     assert len(proposer_prompts(factory)) == 2

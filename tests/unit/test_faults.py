@@ -27,7 +27,6 @@ from smoa_graph import (
     InvalidInputError,
     ModelConfigError,
     ModelRequest,
-    SMoAConfig,
     build_smoa_graph,
 )
 from smoa_graph import testing as faults
@@ -40,6 +39,7 @@ from smoa_graph.testing import (
     FakeChatModel,
     default_responder,
     disagreeing_responder,
+    every_role,
     fake_factory,
 )
 
@@ -55,7 +55,7 @@ def faulty_graph(script: list[Any], n: int = 4, **fields: Any) -> tuple[Any, Any
     factory = faults.faulty_factory(script=script)
     models = ["fake"] * n
     models[1] = "faulty"
-    config = SMoAConfig(**{**FAST, "n_proposers": n, "k": 2, "max_layers": 1, **fields})
+    config = every_role(**{**FAST, "n_proposers": n, "k": 2, "max_layers": 1, **fields})
     config = config.model_copy(update={"proposer_models": models})
     return build_smoa_graph(config, model_factory=factory).compile(), factory
 
@@ -119,7 +119,7 @@ async def test_retries_follow_the_classification(error: Exception, attempts: int
         return default_responder(call)
 
     factory = fake_factory(responder=responder)
-    config = SMoAConfig(**FAST, n_proposers=3, k=2, max_layers=1, max_attempts=3)
+    config = every_role(**FAST, n_proposers=3, k=2, max_layers=1, max_attempts=3)
     out = await build_smoa_graph(config, model_factory=factory).compile().ainvoke({"prompt": "q"})
     made = [c for c in factory.models["fake"].calls if c.role == "proposer" and c.index == 1]
     assert len(made) == attempts
@@ -176,7 +176,7 @@ async def test_empty_or_garbage_text_is_a_failed_candidate_not_retried(fault: st
 
 async def test_all_proposers_failing_ends_with_every_attempt_in_the_error() -> None:
     factory = faults.faulty_factory(script=["error"] * 6)
-    config = SMoAConfig(
+    config = every_role(
         **FAST, n_proposers=3, k=2, max_layers=2, max_attempts=2, proposer_models=["faulty"] * 3
     )
     graph = build_smoa_graph(config, model_factory=factory).compile()
@@ -189,7 +189,7 @@ async def test_all_proposers_failing_ends_with_every_attempt_in_the_error() -> N
 
 async def test_fewer_than_k_survivors_need_no_judge_call() -> None:
     factory = faults.faulty_factory(script=["error", "empty", "garbage"])
-    config = SMoAConfig(
+    config = every_role(
         **FAST, n_proposers=4, k=3, max_layers=1, max_attempts=1, proposer_models=["faulty"] * 4
     )
     out = await build_smoa_graph(config, model_factory=factory).compile().ainvoke({"prompt": "q"})
@@ -208,7 +208,7 @@ async def test_judge_call_failing_for_good_falls_back_to_the_rule() -> None:
             raise ConnectionError("judge endpoint down")
         return default_responder(call)
 
-    config = SMoAConfig(**FAST, n_proposers=4, k=2, max_layers=1, max_attempts=2)
+    config = every_role(**FAST, n_proposers=4, k=2, max_layers=1, max_attempts=2)
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()
     out = await graph.ainvoke({"prompt": "q"})
     judge = out["layers"][0]["judge"]
@@ -229,7 +229,7 @@ async def test_judge_call_recovering_on_retry_records_the_failed_attempt() -> No
                 raise ConnectionError("blip")
         return default_responder(call)
 
-    config = SMoAConfig(**FAST, n_proposers=4, k=2, max_layers=1)
+    config = every_role(**FAST, n_proposers=4, k=2, max_layers=1)
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()
     out = await graph.ainvoke({"prompt": "q"})
     assert out["layers"][0]["judge"]["fallback"] is None
@@ -242,7 +242,7 @@ async def test_moderator_call_failing_for_good_continues_the_rounds() -> None:
             raise _status(openai.InternalServerError, 500)
         return disagreeing_responder(call)
 
-    config = SMoAConfig(**FAST, n_proposers=3, k=2, max_layers=2, moderator="model")
+    config = every_role(**FAST, n_proposers=3, k=2, max_layers=2, moderator="model")
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()
     out = await graph.ainvoke({"prompt": "q"})
     first = out["decisions"][0]
@@ -268,7 +268,7 @@ async def test_moderator_garbage_continues_deterministically(text: str) -> None:
     def responder(call: FakeCall) -> str:
         return text if call.role == "moderator" else disagreeing_responder(call)
 
-    config = SMoAConfig(**FAST, n_proposers=3, k=2, max_layers=2, moderator="model")
+    config = every_role(**FAST, n_proposers=3, k=2, max_layers=2, moderator="model")
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()
     out = await graph.ainvoke({"prompt": "q"})
     assert out["decisions"][0]["stop"] is False
@@ -296,7 +296,7 @@ async def test_judge_output_faults_through_the_graph(
     def responder(call: FakeCall) -> str:
         return judge_text if call.role == "judge" else default_responder(call)
 
-    config = SMoAConfig(**FAST, n_proposers=4, k=2, max_layers=1)
+    config = every_role(**FAST, n_proposers=4, k=2, max_layers=1)
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=responder)).compile()
     out = await graph.ainvoke({"prompt": "q"})
     judge = out["layers"][0]["judge"]
@@ -347,7 +347,7 @@ def injected(call: FakeCall) -> str:
 
 
 async def injection_run() -> dict[str, Any]:
-    config = SMoAConfig(**FAST, n_proposers=4, k=2, max_layers=1)
+    config = every_role(**FAST, n_proposers=4, k=2, max_layers=1)
     graph = build_smoa_graph(config, model_factory=fake_factory(responder=injected)).compile()
     return dict(await graph.ainvoke({"prompt": "What is 6 times 7?"}))
 
@@ -446,7 +446,7 @@ def test_an_argument_that_is_not_unicode_is_rejected(
 
 async def test_library_rejects_a_huge_prompt_before_building_a_model() -> None:
     factory = fake_factory()
-    graph = build_smoa_graph(SMoAConfig(model="fake"), model_factory=factory).compile()
+    graph = build_smoa_graph(every_role(model="fake"), model_factory=factory).compile()
     with pytest.raises(InvalidInputError, match="over max_prompt_chars=200000"):
         await graph.ainvoke({"prompt": "word " * 200_000})
     assert factory.models == {}
@@ -520,7 +520,7 @@ def _broken_roles_and_faulty_aggregator(**faulty: Any) -> tuple[Any, Any]:
 
 async def test_prepare_and_aggregator_failing_for_good_carry_every_attempt() -> None:
     factory, _ = _broken_roles_and_faulty_aggregator(script=["error"] * 30)
-    config = SMoAConfig(
+    config = every_role(
         **FAST, n_proposers=2, k=1, max_layers=1, max_attempts=3, task_description="math"
     )
     graph = build_smoa_graph(config, model_factory=factory).compile()
@@ -544,7 +544,7 @@ async def test_prepare_and_aggregator_failing_for_good_carry_every_attempt() -> 
 
 async def test_a_run_cancelled_mid_retry_leaves_nothing_behind() -> None:
     factory, faulty = _broken_roles_and_faulty_aggregator(script=["error"] * 3)
-    config = SMoAConfig(model="fake", n_proposers=2, k=1, max_layers=1, retry_backoff_s=30)
+    config = every_role(model="fake", n_proposers=2, k=1, max_layers=1, retry_backoff_s=30)
     graph = build_smoa_graph(config, model_factory=factory).compile()
     started = time.monotonic()
     for cancelled in range(1, 4):

@@ -18,7 +18,13 @@ from smoa_graph import (
     SMoAConfig,
     build_smoa_graph,
 )
-from smoa_graph.testing import FakeCall, default_responder, disagreeing_responder, fake_factory
+from smoa_graph.testing import (
+    FakeCall,
+    default_responder,
+    disagreeing_responder,
+    every_role,
+    fake_factory,
+)
 
 
 def run_graph(
@@ -49,7 +55,7 @@ async def test_proposers_run_concurrently(sync: bool) -> None:
             timings.append((time.perf_counter() - latency, time.perf_counter()))
         return default_responder(call)
 
-    config = SMoAConfig(n_proposers=n, k=2, max_layers=1, model="fake")
+    config = every_role(n_proposers=n, k=2, max_layers=1, model="fake")
     graph, _ = run_graph(config, timed, latency_s=latency)
     started = time.perf_counter()
     if sync:
@@ -65,7 +71,7 @@ async def test_proposers_run_concurrently(sync: bool) -> None:
 
 
 async def test_exactly_k_responses_flow_to_next_layer() -> None:
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=2, model="fake", moderator="consistency")
+    config = every_role(n_proposers=4, k=2, max_layers=2, model="fake", moderator="consistency")
     graph, factory = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert [len(layer["candidates"]) for layer in out["layers"]] == [4, 4]
@@ -80,7 +86,7 @@ async def test_exactly_k_responses_flow_to_next_layer() -> None:
 
 
 async def test_moderator_stops_early_when_selected_responses_agree() -> None:
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=3, model="fake")
+    config = every_role(n_proposers=4, k=2, max_layers=3, model="fake")
     graph, factory = run_graph(config)
     out = await graph.ainvoke({"prompt": "q"})
     assert len(out["layers"]) == 1
@@ -92,7 +98,7 @@ async def test_moderator_stops_early_when_selected_responses_agree() -> None:
 
 
 async def test_moderator_runs_to_max_layers_when_responses_disagree() -> None:
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=3, model="fake", moderator="hybrid")
+    config = every_role(n_proposers=4, k=2, max_layers=3, model="fake", moderator="hybrid")
     graph, factory = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert len(out["layers"]) == 3
@@ -102,7 +108,7 @@ async def test_moderator_runs_to_max_layers_when_responses_disagree() -> None:
 
 
 async def test_moderator_model_vote_can_stop() -> None:
-    config = SMoAConfig(n_proposers=3, k=2, max_layers=3, model="fake", moderator="model")
+    config = every_role(n_proposers=3, k=2, max_layers=3, model="fake", moderator="model")
     graph, factory = run_graph(config)  # default moderator responder votes stop
     out = await graph.ainvoke({"prompt": "q"})
     assert len(out["layers"]) == 1
@@ -117,7 +123,7 @@ async def test_merged_judge_moderator_saves_the_moderator_call() -> None:
             return json.dumps({"reasoning": "r", "chosen": [2, 3], "critique": "c", "stop": stop})
         return disagreeing_responder(call)
 
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=4, model="fake", merge_judge_moderator=True)
+    config = every_role(n_proposers=4, k=2, max_layers=4, model="fake", merge_judge_moderator=True)
     graph, factory = run_graph(config, merged)
     out = await graph.ainvoke({"prompt": "q"})
     assert len(out["layers"]) == 2
@@ -127,7 +133,7 @@ async def test_merged_judge_moderator_saves_the_moderator_call() -> None:
 
 
 async def test_token_budget_stops_the_run() -> None:
-    config = SMoAConfig(
+    config = every_role(
         n_proposers=4, k=2, max_layers=5, model="fake", token_budget=10, moderator="consistency"
     )
     graph, _ = run_graph(config, disagreeing_responder)
@@ -172,7 +178,7 @@ async def test_judge_falls_back_deterministically(
     def responder(call: FakeCall) -> str:
         return judge_text if call.role == "judge" else default_responder(call)
 
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=1, model="fake")
+    config = every_role(n_proposers=4, k=2, max_layers=1, model="fake")
     graph, _ = run_graph(config, responder)
     out = await graph.ainvoke({"prompt": "q"})
     judge = out["layers"][0]["judge"]
@@ -186,7 +192,7 @@ async def test_failed_proposer_is_recorded_and_layer_goes_on() -> None:
             raise ValueError("proposer 1 is broken")
         return default_responder(call)
 
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=1, model="fake", max_attempts=2)
+    config = every_role(n_proposers=4, k=2, max_layers=1, model="fake", max_attempts=2)
     graph, factory = run_graph(config, responder)
     out = await graph.ainvoke({"prompt": "q"})
     candidates = out["layers"][0]["candidates"]
@@ -207,7 +213,7 @@ async def test_judge_adapts_k_when_few_proposers_survive() -> None:
             raise ValueError("down")
         return default_responder(call)
 
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=1, model="fake", max_attempts=1)
+    config = every_role(n_proposers=4, k=2, max_layers=1, model="fake", max_attempts=1)
     graph, factory = run_graph(config, responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert out["layers"][0]["judge"]["selected"] == [2]
@@ -221,14 +227,14 @@ async def test_all_proposers_failing_ends_with_a_clear_error() -> None:
             raise ValueError("model down")
         return default_responder(call)
 
-    config = SMoAConfig(n_proposers=3, k=2, max_layers=2, model="fake", max_attempts=1)
+    config = every_role(n_proposers=3, k=2, max_layers=2, model="fake", max_attempts=1)
     graph, _ = run_graph(config, responder)
     with pytest.raises(AllProposersFailedError, match="all 3 proposers of layer 1 failed"):
         await graph.ainvoke({"prompt": "q"})
 
 
 async def test_token_accounting_sums_correctly() -> None:
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=2, model="fake", moderator="model")
+    config = every_role(n_proposers=4, k=2, max_layers=2, model="fake", moderator="model")
     graph, factory = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "What is 6 times 7?"})
     fake_calls = factory.models["fake"].calls
@@ -247,7 +253,7 @@ async def test_token_accounting_sums_correctly() -> None:
 
 
 async def test_no_duplication_of_records_across_layers() -> None:
-    config = SMoAConfig(n_proposers=4, k=2, max_layers=3, model="fake", moderator="consistency")
+    config = every_role(n_proposers=4, k=2, max_layers=3, model="fake", moderator="consistency")
     graph, _ = run_graph(config, disagreeing_responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert [layer["layer"] for layer in out["layers"]] == [1, 2, 3]
@@ -257,7 +263,7 @@ async def test_no_duplication_of_records_across_layers() -> None:
 
 
 async def test_final_answer_streams_token_by_token_with_tags() -> None:
-    config = SMoAConfig(n_proposers=3, k=2, max_layers=1, model="fake")
+    config = every_role(n_proposers=3, k=2, max_layers=1, model="fake")
     graph, _ = run_graph(config)
     final_tokens: list[str] = []
     roles: set[str] = set()
@@ -273,7 +279,7 @@ async def test_final_answer_streams_token_by_token_with_tags() -> None:
 
 
 async def test_empty_prompt_is_rejected_before_any_model_call() -> None:
-    graph, factory = run_graph(SMoAConfig(model="fake"))
+    graph, factory = run_graph(every_role(model="fake"))
     for bad in ({"prompt": "   \n"}, {"prompt": ""}, {}):
         with pytest.raises(InvalidInputError, match="prompt: empty"):
             await graph.ainvoke(bad)
@@ -281,14 +287,14 @@ async def test_empty_prompt_is_rejected_before_any_model_call() -> None:
 
 
 async def test_oversized_prompt_is_rejected() -> None:
-    graph, factory = run_graph(SMoAConfig(model="fake", max_prompt_chars=100))
+    graph, factory = run_graph(every_role(model="fake", max_prompt_chars=100))
     with pytest.raises(InvalidInputError, match="max_prompt_chars"):
         await graph.ainvoke({"prompt": "x" * 101})
     assert "fake" not in factory.models
 
 
 async def test_chat_history_input_and_ai_message_output() -> None:
-    config = SMoAConfig(n_proposers=2, k=2, max_layers=1, model="fake")
+    config = every_role(n_proposers=2, k=2, max_layers=1, model="fake")
     graph = build_smoa_graph(config, model_factory=fake_factory()).compile(
         checkpointer=InMemorySaver()
     )
@@ -306,7 +312,7 @@ async def test_chat_history_input_and_ai_message_output() -> None:
 
 
 async def test_runtime_context_overrides_the_default_config() -> None:
-    graph, _ = run_graph(SMoAConfig(model="fake"))
+    graph, _ = run_graph(every_role(model="fake"))
     out = await graph.ainvoke(
         {"prompt": "q"},
         context={"preset": "moa", "n_proposers": 2, "k": 2, "max_layers": 2, "model": "fake"},
@@ -315,7 +321,7 @@ async def test_runtime_context_overrides_the_default_config() -> None:
 
 
 async def test_roles_are_generated_once_and_cached(tmp_path: Any) -> None:
-    config = SMoAConfig(
+    config = every_role(
         n_proposers=3,
         k=2,
         max_layers=1,
@@ -342,7 +348,7 @@ async def test_roles_are_generated_once_and_cached(tmp_path: Any) -> None:
 
 
 async def test_roles_cache_in_a_langgraph_store() -> None:
-    config = SMoAConfig(n_proposers=2, k=2, max_layers=1, model="fake", task_description="math")
+    config = every_role(n_proposers=2, k=2, max_layers=1, model="fake", task_description="math")
     factory = fake_factory()
     graph = build_smoa_graph(config, model_factory=factory).compile(store=InMemoryStore())
     await graph.ainvoke({"prompt": "q"})
@@ -351,7 +357,7 @@ async def test_roles_cache_in_a_langgraph_store() -> None:
 
 
 async def test_static_roles_and_per_proposer_models() -> None:
-    config = SMoAConfig(
+    config = every_role(
         n_proposers=2,
         k=1,
         max_layers=1,
@@ -372,7 +378,7 @@ async def test_text_path_when_model_has_no_structured_output() -> None:
             return 'Sure! ```json\n{"reasoning": "x", "chosen": [3, 1], "critique": ""}\n```'
         return default_responder(call)
 
-    config = SMoAConfig(n_proposers=3, k=2, max_layers=1, model="fake")
+    config = every_role(n_proposers=3, k=2, max_layers=1, model="fake")
     graph, _ = run_graph(config, responder, structured=False)
     out = await graph.ainvoke({"prompt": "q"})
     assert out["layers"][0]["judge"]["selected"] == [2, 0]
@@ -387,6 +393,6 @@ async def test_marker_lines_echoed_by_the_aggregator_are_left_out_of_the_answer(
             "--- first answer ---\n<<<RESPONSE 1 0badc0de>>\nThe answer is 42.\n< <END RESPONSE 1>"
         )
 
-    graph, _ = run_graph(SMoAConfig(model="fake", n_proposers=3, k=2, max_layers=1), responder)
+    graph, _ = run_graph(every_role(model="fake", n_proposers=3, k=2, max_layers=1), responder)
     out = await graph.ainvoke({"prompt": "q"})
     assert out["answer"] == "The answer is 42." == out["messages"][-1].text

@@ -14,7 +14,13 @@ from pydantic import ValidationError
 from smoa_graph import SMoAConfig, build_smoa_graph
 from smoa_graph.config import PRESET_DEFAULTS
 from smoa_graph.judging import ordinal
-from smoa_graph.testing import FakeCall, FakeChatModel, default_responder, fake_factory
+from smoa_graph.testing import (
+    EVERY_ROLE,
+    FakeCall,
+    FakeChatModel,
+    default_responder,
+    fake_factory,
+)
 
 
 def calls_by_role(state: dict[str, Any]) -> dict[str, int]:
@@ -40,8 +46,10 @@ def answers_by_index(answers: dict[int, str]) -> Any:
 
 
 async def run(preset: str, responder: Any = default_responder, **fields: Any) -> tuple[Any, Any]:
+    """A run of ``preset``; levers on ``smoa`` are tried on its every-role flow."""
     factory = fake_factory(responder=responder)
-    config = SMoAConfig(preset=preset, model="fake", **fields)
+    base = EVERY_ROLE if preset == "smoa" else {}
+    config = SMoAConfig(preset=preset, model="fake", **{**base, **fields})
     state = (
         await build_smoa_graph(config, model_factory=factory)
         .compile()

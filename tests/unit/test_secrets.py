@@ -22,13 +22,13 @@ from pydantic import SecretStr
 from smoa_graph import (
     AllProposersFailedError,
     ModelRequest,
-    SMoAConfig,
     build_smoa_graph,
     default_model_factory,
 )
 from smoa_graph import testing as faults
 from smoa_graph.cli import main
 from smoa_graph.models import redact
+from smoa_graph.testing import every_role
 
 SENTINEL = "sk-SENTINEL-3f9a1c7e5b2d4f6a8c0e"
 SMALL = {"n_proposers": 2, "k": 1, "max_attempts": 1}
@@ -61,7 +61,7 @@ def test_the_key_is_a_secret_of_the_chat_model() -> None:
 
 async def test_state_and_checkpoints_never_hold_the_key(tmp_path: Path) -> None:
     with faults.ScriptedEndpoint() as endpoint:
-        config = SMoAConfig(
+        config = every_role(
             model=f"m@{endpoint.base_url}", max_layers=2, moderator="model", **SMALL
         )
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "c.sqlite")) as saver:
@@ -108,7 +108,7 @@ def test_cli_json_output_and_checkpoint_db_never_hold_the_key(
 
 async def test_error_messages_and_records_never_hold_the_key() -> None:
     with faults.ScriptedEndpoint(401) as endpoint:
-        config = SMoAConfig(model=f"m@{endpoint.base_url}", max_layers=1, **SMALL)
+        config = every_role(model=f"m@{endpoint.base_url}", max_layers=1, **SMALL)
         with pytest.raises(AllProposersFailedError) as info:
             await build_smoa_graph(config).compile().ainvoke({"prompt": "q"})
     assert "got Authorization: ***" in str(info.value)  # the echoed header was redacted
@@ -118,6 +118,7 @@ async def test_error_messages_and_records_never_hold_the_key() -> None:
 def test_cli_error_lines_never_hold_the_key(capsys: pytest.CaptureFixture[str]) -> None:
     with faults.ScriptedEndpoint() as good, faults.ScriptedEndpoint(401) as bad:
         models = ["--model", f"m@{good.base_url}", "--aggregator-model", f"m@{bad.base_url}"]
+        models += ["--finish", "aggregate"]
         code = main(["ask", "q", *models, "-n", "2", "-k", "1", "--max-attempts", "1"])
     out, err = capsys.readouterr()
     assert code == 1 and err.splitlines()[-1].startswith("smoa: error: model endpoint error: ")

@@ -35,7 +35,9 @@ from smoa_graph.models import ModelConfigError, ModelRequest
 from smoa_graph.server import ServerSettings, create_app, loopback_hosts
 from smoa_graph.testing import FakeChatModel
 
-ANSWER = "I am aggregator None in layer 1. Final answer: 42"  # the fake aggregator's text
+ANSWER = "I am proposer 0 in layer 1. Final answer: 42"  # the fakes agree: proposer 0's stands
+AGGREGATED = "I am aggregator None in layer 1. Final answer: 42"  # with finish='aggregate'
+JUDGED = {"selection": "judge", "activation": "all", "final_layer_judge": True}
 QUESTION = [{"role": "user", "content": "What is 6 * 7?"}]
 
 
@@ -128,10 +130,11 @@ def test_openai_client_stream_yields_only_the_final_answer(url: str) -> None:
             messages=QUESTION,  # type: ignore[arg-type]
             stream=True,
             stream_options={"include_usage": True},
+            extra_body={"smoa": {"finish": "aggregate"}},  # the aggregator streams its tokens
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == ANSWER  # no proposer, judge or moderator token
+    assert text == AGGREGATED  # no proposer, judge or moderator token
     assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
     finish = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
     assert len(finish) == 1
@@ -196,7 +199,7 @@ def test_twenty_concurrent_clients() -> None:
     assert answers == [ANSWER] * 20
     proposer_prompts = {c.prompt for c in recorder.model.calls if c.role == "proposer"}
     assert all(any(f"question {i}" in p for p in proposer_prompts) for i in range(20))
-    assert len(recorder.model.calls) == 20 * 6  # 4 proposers, judge, aggregator per run
+    assert len(recorder.model.calls) == 20 * 4  # 4 proposers who agree: the first one stands
 
 
 # -- per-request configuration -----------------------------------------------------------------
@@ -213,7 +216,7 @@ def test_request_config_overlays_the_servers(recorder: Recorder) -> None:
             "messages": QUESTION,
             "temperature": 0.2,
             "max_completion_tokens": 50,
-            "smoa": {"k": 1, "moderator": "never"},
+            "smoa": {"k": 1, "moderator": "never", **JUDGED, "finish": "aggregate"},
         }
         reply = post(base_url, body)
     assert reply.status_code == 200, reply.text
@@ -227,7 +230,8 @@ def test_request_config_overlays_the_servers(recorder: Recorder) -> None:
 
 
 def test_a_request_config_equal_to_the_defaults_is_honoured(recorder: Recorder) -> None:
-    with serving(make_app(recorder, {"model": "local", "k": 3})) as base_url:
+    base = {"model": "local", "k": 3, **JUDGED, "finish": "aggregate"}
+    with serving(make_app(recorder, base)) as base_url:
         reply = post(base_url, {"model": "smoa", "messages": QUESTION, "smoa": {"k": 2}})
     assert reply.status_code == 200, reply.text
     aggregator = next(c for c in recorder.model.calls if c.role == "aggregator")
@@ -380,7 +384,7 @@ def test_body_over_the_limit_is_refused_before_parsing(recorder: Recorder) -> No
         )
         assert reply.status_code == 413
         assert post(base_url, {"model": "smoa", "messages": QUESTION}).status_code == 200
-    assert len([c for c in recorder.model.calls if c.role == "aggregator"]) == 1
+    assert len([c for c in recorder.model.calls if c.role == "proposer"]) == 4  # one run
 
 
 def test_unknown_path_is_an_openai_error(url: str) -> None:
@@ -408,7 +412,7 @@ def test_bearer_key(recorder: Recorder) -> None:
         assert reply.choices[0].message.content == ANSWER
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base_url}/v1", api_key="sk-wrong").models.list()
-    assert len([c for c in recorder.model.calls if c.role == "aggregator"]) == 1
+    assert len([c for c in recorder.model.calls if c.role == "proposer"]) == 4  # one run
 
 
 def test_loopback_server_answers_only_loopback_host_names(recorder: Recorder) -> None:

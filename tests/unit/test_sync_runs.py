@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 
-from smoa_graph import SMoAConfig, build_smoa_graph
+from smoa_graph import build_smoa_graph
 from smoa_graph.sync_loop import SyncRunInLoopError, background_loop, blocking
-from smoa_graph.testing import ScriptedEndpoint, fake_factory
+from smoa_graph.testing import ScriptedEndpoint, every_role, fake_factory
 
 ONE_LAYER = {"n_proposers": 2, "k": 1, "max_layers": 1, "max_attempts": 1}
 
@@ -65,14 +65,14 @@ def test_a_sync_run_from_the_loops_own_thread_fails_instead_of_deadlocking() -> 
 
 def test_invoke_inside_a_node_of_a_sync_run_is_a_clear_proposer_error() -> None:
     inner = build_smoa_graph(
-        SMoAConfig(model="fake", **ONE_LAYER), model_factory=fake_factory()
+        every_role(model="fake", **ONE_LAYER), model_factory=fake_factory()
     ).compile()
 
     def responder(call: object) -> str:
         return str(inner.invoke({"prompt": "nested?"})["answer"])
 
     outer = build_smoa_graph(
-        SMoAConfig(model="fake", **ONE_LAYER), model_factory=fake_factory(responder=responder)
+        every_role(model="fake", **ONE_LAYER), model_factory=fake_factory(responder=responder)
     ).compile()
     with pytest.raises(Exception, match="use ainvoke/astream there"):
         outer.invoke({"prompt": "q?"})
@@ -80,7 +80,7 @@ def test_invoke_inside_a_node_of_a_sync_run_is_a_clear_proposer_error() -> None:
 
 def test_invoke_and_ainvoke_mixed_on_one_graph_against_an_http_endpoint() -> None:
     with ScriptedEndpoint() as endpoint:
-        config = SMoAConfig(model=f"m@{endpoint.base_url}", retry_backoff_s=0, **ONE_LAYER)
+        config = every_role(model=f"m@{endpoint.base_url}", retry_backoff_s=0, **ONE_LAYER)
         graph = build_smoa_graph(config).compile()
         answers = []
         for round_ in range(2):
