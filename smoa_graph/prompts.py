@@ -3,7 +3,9 @@
 Layout for prefix caching: what the calls of a layer share comes first (instructions common to all
 proposers, the request, the references), what differs per call last (a proposer's role), so that
 backends that reuse a cached prompt prefix (llama-server slots, vLLM/SGLang, hosted APIs) read the
-shared part once. Judge, moderator and aggregator prompts also start with the request.
+shared part once. Judge and moderator prompts also start with the request. The aggregator, one
+call, keeps its instructions first: read last, SmolLM2 continued them instead of answering (moa
+0 of 11 arith tune items right with them last, 5 of 11 with them first).
 
 Templates use ``string.Template`` placeholders (``$name``) so that JSON examples need no escaping.
 The files are found inside an installed wheel (``smoa_graph/prompts``) and in a source checkout.
