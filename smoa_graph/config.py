@@ -110,7 +110,7 @@ class SMoAConfig(BaseModel):
     preset: Preset = Field(
         "smoa",
         description="single: one model answers; moa: dense Mixture-of-Agents (k = n, no early "
-        "stop); smoa: sparse, a judge keeps k of n responses and a moderator may stop early; "
+        "stop); smoa: sparse, k of n responses flow on and the run stops once a layer agrees; "
         "self-consistency: majority vote over n samples; self-moa: one aggregator over n samples "
         "of one model; mad: multi-agent debate; smoa-paper: the SMoA paper's configuration. "
         "Fields you leave unset take the preset's value.",

@@ -111,7 +111,7 @@ async def test_smoa_judge_and_moderator_parse_under_constrained_output() -> None
 
 
 async def test_final_answer_streams_from_the_local_model() -> None:
-    graph = build_smoa_graph(SMoAConfig(**SMALL, n_proposers=2, k=1, max_layers=1)).compile()
+    graph = build_smoa_graph(every_role(**SMALL, n_proposers=2, k=1, max_layers=1)).compile()
     tokens = [
         chunk.text
         async for chunk, meta in graph.astream({"prompt": QUESTION}, stream_mode="messages")
@@ -143,5 +143,5 @@ def test_cli_ask_json_on_the_local_model(local_base_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["answer"].strip() and data["summary"]["total"]["calls"] >= 6
+    assert data["answer"].strip() and data["summary"]["total"]["calls"] >= 4  # the proposers
     assert "layer 1: proposer" in result.stderr  # progress lines
