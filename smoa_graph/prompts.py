@@ -1,11 +1,12 @@
 """Prompt templates: one file per role in ``prompts/``, loaded once, rendered with explicit names.
 
-Layout for prefix caching: what the calls of a layer share comes first (instructions common to all
-proposers, the request, the references), what differs per call last (a proposer's role), so that
+Layout for prefix caching: what the calls of a layer share comes first (the instructions, the
+request, the references), what differs per call last (which answer was a debater's own), so that
 backends that reuse a cached prompt prefix (llama-server slots, vLLM/SGLang, hosted APIs) read the
-shared part once. Judge and moderator prompts also start with the request. The aggregator, one
-call, keeps its instructions first: read last, SmolLM2 continued them instead of answering (moa
-0 of 11 arith tune items right with them last, 5 of 11 with them first).
+shared part once; judge and moderator prompts also start with the request. Two measured
+exceptions, on SmolLM2 and the arith tune items: a proposer's role leads its prompt, and the
+aggregator's instructions lead its prompt (read last, the small model answered worse or continued
+them; see ``nodes/proposer.py``), so proposers share a prefix only without role prompts.
 
 Templates use ``string.Template`` placeholders (``$name``) so that JSON examples need no escaping.
 The files are found inside an installed wheel (``smoa_graph/prompts``) and in a source checkout.

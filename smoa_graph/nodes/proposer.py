@@ -26,9 +26,12 @@ from smoa_graph.state import Candidate, LayerState, ProposerTask
 
 
 def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
-    """What proposer ``task['index']`` is shown: the shared instructions, the request and the
-    references (the same for every proposer of a layer), then what is its own: which answer
-    was its own in a debate, and its role (none when role prompts are off)."""
+    """What proposer ``task['index']`` is shown: its role (none when role prompts are off) and
+    the instructions, then the request and the references, then, in a debate, which answer was
+    its own. Without roles everything before that is the same for every proposer of a layer (a
+    prefix a backend caches). With a role, the role comes first: read last, after the
+    references, it cost SmolLM2 answers (moa on 13 arith tune items: a right answer among layer
+    1's in 7 items instead of 11, a right final answer in 0 instead of 5)."""
     request = request_text(task["prompt"], task["history"])
     references = [c["text"] for c in task["references"]]
     if references and task["debate"]:
@@ -44,8 +47,8 @@ def proposer_messages(task: ProposerTask) -> list[BaseMessage]:
     own = [render("own", ordinal=ordinal(task["own"]))] if task["own"] is not None else []
     role = [render("role", role=task["role"])] if task["role"] else []
     return [
-        SystemMessage(render("proposer")),
-        HumanMessage("\n\n".join([request, *own, *role])),  # shared part first
+        SystemMessage("\n".join([*role, render("proposer")])),
+        HumanMessage("\n\n".join([request, *own])),
     ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,18 +40,19 @@ def rendered(messages: list[BaseMessage]) -> str:
     return "\n".join(m.text for m in messages)
 
 
-def test_proposers_of_a_layer_share_everything_but_their_role_at_the_end() -> None:
+def test_proposers_without_roles_share_their_whole_prompt_and_a_role_leads() -> None:
     refs = [
         Candidate(index=i, role="r", model="m", text=f"answer {i}", ok=True, error=None)
         for i in range(2)
     ]
+    plain = {rendered(proposer_messages(task(i, "", refs))) for i in range(3)}
+    assert len(plain) == 1  # one prompt for the layer: a backend caches all of it
+    (text,) = plain
+    assert "What is 7 + 5?" in text and text.endswith("answer 1\n\n--- end of the answers ---")
     roles = ["a careful accountant", "a patient teacher", "a skeptical engineer"]
     texts = [rendered(proposer_messages(task(i, role, refs))) for i, role in enumerate(roles)]
-    shared = os.path.commonprefix(texts)  # noqa: RUF071 - a text prefix, not a path
-    for text, role in zip(texts, roles, strict=True):
-        assert text.endswith(render("role", role=role)) and role not in shared
-        assert len(text) - len(shared) < 100  # only the role line at the end differs
-    assert "answer 0" in shared and "answer 1" in shared and "What is 7 + 5?" in shared
+    for with_role, role in zip(texts, roles, strict=True):
+        assert with_role == f"{render('role', role=role)}\n{text}"  # the role first, then the same
 
 
 @pytest.mark.parametrize(

@@ -272,7 +272,7 @@ def test_system_and_assistant_messages_are_history(url: str, recorder: Recorder)
     assert post(url, {"model": "single", "messages": messages}).status_code == 200
     prompt = recorder.model.calls[0].prompt
     assert "System: Answer tersely." in prompt and "Assistant: Hello!" in prompt
-    assert prompt.split("\n\n")[-2].endswith("What is 6 * 7?")  # the request, then the role
+    assert prompt.endswith("Current request:\nWhat is 6 * 7?")  # after the history
 
 
 # -- bad requests: an OpenAI-style error naming the field, and no model call -------------------
