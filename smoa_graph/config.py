@@ -30,7 +30,14 @@ Role = Literal["judge", "moderator", "aggregator", "roles"]
 _SAMPLES = {"moderator": "never", "role_prompts": False, "selection": "all", "max_layers": 1}
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "single": {"n_proposers": 1, "k": 1, "max_layers": 1, "moderator": "never"},
-    "moa": {"n_proposers": 4, "k": 4, "max_layers": 2, "moderator": "never", "selection": "all"},
+    "moa": {  # every proposer gets the same prompt, as in the reference code
+        "n_proposers": 4,
+        "k": 4,
+        "max_layers": 2,
+        "moderator": "never",
+        "selection": "all",
+        "role_prompts": False,
+    },
     "smoa": {  # chosen by measurement on the arith tune split (README, Benchmarks)
         "n_proposers": 4,
         "k": 2,
