@@ -412,3 +412,18 @@ async def test_a_plurality_of_half_the_layer_stops_only_without_a_tie(
     if answer is not None:
         assert state["answer"].endswith(f"Final answer: {answer}")
         assert "aggregator" not in calls_by_role(state)
+
+
+async def test_the_smoa_preset_as_shipped() -> None:
+    async def shipped(answers: dict[int, int]) -> dict[str, Any]:
+        factory = fake_factory(responder=answers_by_index(answers))
+        graph = build_smoa_graph(SMoAConfig(model="fake"), model_factory=factory).compile()
+        return await graph.ainvoke({"prompt": "What is 7 + 5?"})
+
+    state = await shipped({0: 7, 1: 12, 2: 12, 3: 9})  # a plurality: it stands after layer 1
+    assert calls_by_role(state) == {"proposer": 4, "judge": 1}  # the judge broke 7 against 9
+    assert state["answer"] == "Proposer 1 reasons. Final answer: 12"
+    state = await shipped({0: 5, 1: 12, 2: 7, 3: 9})  # all differ: the judge breaks the tie,
+    assert calls_by_role(state) == {"proposer": 4 + 2, "judge": 1, "aggregator": 1}  # k go on
+    assert [len(layer["candidates"]) for layer in state["layers"]] == [4, 2]
+    assert state["summary"]["finished_by"] == "aggregator over 2 response(s)"
