@@ -3,6 +3,9 @@
 The judge is the proposers' fan-in. With k or fewer successful responses it keeps them all
 without a call; with none, the run ends with ``AllProposersFailedError``. When its call fails for
 good or its verdict is unusable, the deterministic rule of ``judging.validate_verdict`` selects.
+With ``selection='vote'`` the extracted answers select, and the judge is called only for a tie
+at the cut (or responses without an answer) that matters: not when the layer's plurality ends
+the run and its agreed response stands.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from smoa_graph.config import SMoAConfig
 from smoa_graph.errors import AllProposersFailedError
 from smoa_graph.judging import Verdict, format_candidates, validate_verdict
 from smoa_graph.nodes.kit import NodeKit
+from smoa_graph.nodes.moderator import majority_share
 from smoa_graph.prompts import render, request_text
 from smoa_graph.schemas import judge_format, judge_schema
 from smoa_graph.state import CallRecord, Candidate, JudgeRecord, LayerState
@@ -58,6 +62,32 @@ def vote_selection(texts: list[str], k: int) -> list[int] | None:
         return [answers.index(a) for a in ranked[:k]]
     order = sorted(range(len(texts)), key=lambda i: (ranked.index(answers[i]), i))
     return order[:k]
+
+
+def plurality_selection(texts: list[str], k: int) -> list[int]:
+    """Positions of one response per extracted answer, the most supported first (ties: the
+    answer given first; responses without an answer last), topped up to k in order."""
+    answers = [extract_final_answer(t) for t in texts]
+    counts = Counter(a for a in answers if a is not None)
+    first: dict[str | None, int] = {}
+    for i, answer in enumerate(answers):
+        first.setdefault(answer, i)
+
+    def support(item: tuple[str | None, int]) -> tuple[bool, int, int]:
+        answer, position = item
+        return answer is None, -(counts[answer] if answer is not None else 0), position
+
+    picks = [i for _, i in sorted(first.items(), key=support)][:k]
+    return picks + [i for i in range(len(texts)) if i not in picks][: k - len(picks)]
+
+
+def plurality_ends_run(cfg: SMoAConfig, candidates: list[Candidate]) -> bool:
+    """Whether the moderator will stop on this layer's plurality and its agreed response will
+    stand (``finish='agreement'``): what the judge selects then changes nothing."""
+    if cfg.finish != "agreement" or cfg.stop_share is None or not cfg.early_stop:
+        return False
+    share = majority_share(candidates)
+    return cfg.moderator != "never" and share is not None and share[1] >= cfg.stop_share
 
 
 def judged(
@@ -135,6 +165,10 @@ async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> dict[
     picks = vote_selection(texts, k) if cfg.selection == "vote" else None
     if picks is not None:
         verdict = Verdict(picks, "the most-supported extracted answers", "", None, None)
+        return judged(layer, candidates, ok, verdict, [], "vote")
+    if cfg.selection == "vote" and plurality_ends_run(cfg, candidates):
+        reason = "the layer's plurality ends the run: no judge call for the tie"
+        verdict = Verdict(plurality_selection(texts, k), reason, "", None, None)
         return judged(layer, candidates, ok, verdict, [], "vote")
     with_stop = cfg.merge_judge_moderator and cfg.moderator in ("model", "hybrid")
     text = judge_prompt(state, cfg, texts, k, layer, with_stop)

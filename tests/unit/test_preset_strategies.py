@@ -421,7 +421,8 @@ async def test_the_smoa_preset_as_shipped() -> None:
         return await graph.ainvoke({"prompt": "What is 7 + 5?"})
 
     state = await shipped({0: 7, 1: 12, 2: 12, 3: 9})  # a plurality: it stands after layer 1
-    assert calls_by_role(state) == {"proposer": 4, "judge": 1}  # the judge broke 7 against 9
+    assert calls_by_role(state) == {"proposer": 4}  # no judge call for the 7-9 tie: it stops
+    assert state["layers"][0]["judge"]["selected"] == [1, 0]  # 12 first, then 7 (given first)
     assert state["answer"] == "Proposer 1 reasons. Final answer: 12"
     state = await shipped({0: 5, 1: 12, 2: 7, 3: 9})  # all differ: the judge breaks the tie,
     assert calls_by_role(state) == {"proposer": 4 + 2, "judge": 1, "aggregator": 1}  # k go on
