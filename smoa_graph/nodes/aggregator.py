@@ -23,7 +23,7 @@ from smoa_graph.consistency import majority_vote
 from smoa_graph.judging import clean_answer, format_answers, format_candidates, validate_verdict
 from smoa_graph.models import stream_text
 from smoa_graph.nodes.kit import NodeKit, aggregator_request
-from smoa_graph.nodes.moderator import majority_share
+from smoa_graph.nodes.moderator import plurality
 from smoa_graph.prompts import render, request_text
 from smoa_graph.schemas import judge_format, judge_schema
 from smoa_graph.state import CallRecord, Candidate, SMoAState, VoteRecord
@@ -100,8 +100,7 @@ def agreed_response(cfg: SMoAConfig, state: SMoAState) -> Candidate | None:
     answers = {extract_final_answer(c["text"]) for c in selected}
     agreed = answers.pop() if len(answers) == 1 else None
     candidates = state["layers"][-1]["candidates"] if state.get("layers") else []
-    share = majority_share(candidates)
-    if agreed is None and cfg.stop_share is not None and share and share[1] >= cfg.stop_share:
+    if agreed is None and (share := plurality(cfg, candidates)) is not None:
         agreed = share[0]
     if agreed is None:
         return None

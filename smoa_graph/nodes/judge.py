@@ -23,7 +23,7 @@ from smoa_graph.config import SMoAConfig
 from smoa_graph.errors import AllProposersFailedError
 from smoa_graph.judging import Verdict, format_candidates, validate_verdict
 from smoa_graph.nodes.kit import NodeKit
-from smoa_graph.nodes.moderator import majority_share
+from smoa_graph.nodes.moderator import plurality
 from smoa_graph.prompts import render, request_text
 from smoa_graph.schemas import judge_format, judge_schema
 from smoa_graph.state import CallRecord, Candidate, JudgeRecord, LayerState
@@ -84,10 +84,9 @@ def plurality_selection(texts: list[str], k: int) -> list[int]:
 def plurality_ends_run(cfg: SMoAConfig, candidates: list[Candidate]) -> bool:
     """Whether the moderator will stop on this layer's plurality and its agreed response will
     stand (``finish='agreement'``): what the judge selects then changes nothing."""
-    if cfg.finish != "agreement" or cfg.stop_share is None or not cfg.early_stop:
+    if cfg.finish != "agreement" or not cfg.early_stop or cfg.moderator == "never":
         return False
-    share = majority_share(candidates)
-    return cfg.moderator != "never" and share is not None and share[1] >= cfg.stop_share
+    return plurality(cfg, candidates) is not None
 
 
 def judged(

@@ -23,13 +23,16 @@ from smoa_graph.schemas import MODERATOR_FORMAT, MODERATOR_SCHEMA
 from smoa_graph.state import CallRecord, Candidate, ModeratorDecision, SMoAState
 
 
-def majority_share(candidates: list[Candidate]) -> tuple[str, float] | None:
-    """The most common extracted answer of a layer's successful responses and its share; None
-    when no answer is extracted or two answers tie for the most support."""
+def plurality(cfg: SMoAConfig, candidates: list[Candidate]) -> tuple[str, float] | None:
+    """The answer and share when at least ``stop_share`` of a layer's successful responses give
+    one extracted answer that no other answer ties; None otherwise (and when it is off)."""
+    if cfg.stop_share is None:
+        return None
     vote = majority_vote([c["text"] for c in candidates if c["ok"]])
     if vote.winner is None or vote.tie:
         return None
-    return vote.winner, vote.counts[vote.winner] / sum(c["ok"] for c in candidates)
+    share = vote.counts[vote.winner] / sum(c["ok"] for c in candidates)
+    return (vote.winner, share) if share >= cfg.stop_share else None
 
 
 def decide(cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
@@ -55,8 +58,8 @@ def decide(cfg: SMoAConfig, state: SMoAState) -> tuple[ModeratorDecision, bool]:
         return {**decision, "stop": False, "reason": "preset runs every layer"}, False
     if not cfg.early_stop:
         return {**decision, "stop": False, "reason": "early stop is off"}, False
-    share = majority_share(state["layers"][-1]["candidates"]) if state.get("layers") else None
-    if cfg.stop_share is not None and share is not None and share[1] >= cfg.stop_share:
+    share = plurality(cfg, state["layers"][-1]["candidates"]) if state.get("layers") else None
+    if share is not None:
         reason = f"{share[1]:.0%} of the layer's answers agree on {share[0]}"
         return {**decision, "agreed_answer": share[0], "reason": reason}, False
     agreement = measure_agreement(texts, cfg.consistency_threshold) if len(texts) > 1 else None
