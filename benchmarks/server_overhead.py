@@ -1,7 +1,8 @@
 """Server overhead benchmark: ``smoa serve`` against calling the graph directly, in one run.
 
-The same SMoA run (the canned ``fake`` model, no latency: smoa, n=4, k=2, the moderator stops
-after layer 1 on agreement, 6 model calls) is made N times
+The same SMoA run (the canned ``fake`` model, no latency: smoa with every role at work,
+``testing.EVERY_ROLE``, n=4, k=2, the moderator stops after layer 1 on agreement, 6 model calls,
+the aggregator streaming the answer) is made N times
 
 - directly in this process: ``graph.ainvoke``, and ``graph.astream`` collecting the final
   answer's tokens (what the server does for a streamed request);
@@ -30,9 +31,10 @@ from pathlib import Path
 import httpx
 
 from smoa_graph import SMoAConfig, build_smoa_graph
+from smoa_graph.testing import EVERY_ROLE
 
 QUESTION = "What is 6 * 7?"
-BODY = {"model": "smoa", "messages": [{"role": "user", "content": QUESTION}]}
+BODY = {"model": "smoa", "messages": [{"role": "user", "content": QUESTION}], "smoa": EVERY_ROLE}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +100,7 @@ async def wait_until_up(client: httpx.AsyncClient, process: subprocess.Popen[byt
 
 
 async def main(requests: int, concurrency: int, warmup: int) -> None:
-    graph = build_smoa_graph(SMoAConfig(model="fake")).compile()
+    graph = build_smoa_graph(SMoAConfig(model="fake", **EVERY_ROLE)).compile()
 
     async def direct() -> None:
         state = await graph.ainvoke({"messages": [("user", QUESTION)]})
