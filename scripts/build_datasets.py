@@ -412,7 +412,8 @@ def _record(item_id: str, dataset: str, kind: str, prompt: str, reference: str |
 # One-step arithmetic and word problems that one answer of SmolLM2-135M gets right 25-75% of the
 # time, so that methods built on it differ measurably (GSM8K: about 0%). See ARITH_CALIBRATION.
 
-ARITH_ROUNDS = 45  # items per template
+ARITH_ROUNDS = 72  # items per template, for a template whose distinct questions last
+ARITH_CALIBRATED = 315  # the first items (45 rounds), on which ARITH_CALIBRATION was measured
 NAMES = (
     ("Tom", "He"),
     ("Sara", "She"),
@@ -521,8 +522,9 @@ ARITH_TEMPLATES: dict[str, Callable[[random.Random], tuple[str, int]]] = {
 }
 
 
-# Measured with the command below on the tune split of exactly these items (dataset_sha256);
-# regenerate the items and this record goes stale (a unit test compares the hashes).
+# Measured with the command below on the tune split of the first ARITH_CALIBRATED items (their
+# JSONL lines hash to calibrated_sha256); change those items and this record goes stale (a unit
+# test compares the hashes). Later rounds add items with the same templates and were not tuned on.
 ARITH_CALIBRATION: Record = {
     "command": "smoa bench --dataset arith --split tune --variants single --limit 105"
     " --max-tokens 96 --concurrency 4",
@@ -554,7 +556,8 @@ ARITH_CALIBRATION: Record = {
         "note": "after calibration, templates unchanged; the run was stopped from outside after"
         " 167 of the 210 test items, the rest is not measured",
     },
-    "dataset_sha256": "5164c6adb1216e22f05c6b08f798cee89f78f716f4ec7d71545b13dcb3d2cbdb",
+    "calibrated_items": ARITH_CALIBRATED,
+    "calibrated_sha256": "5164c6adb1216e22f05c6b08f798cee89f78f716f4ec7d71545b13dcb3d2cbdb",
 }
 
 
@@ -567,32 +570,43 @@ def build_arith() -> tuple[list[Record], Record]:
     """ARITH_ROUNDS rounds of one item per template (templates interleave), no repeated prompt.
 
     Each template draws from its own seeded generator, so changing one leaves the others' items.
+    A template that runs out of distinct questions is left out of the later rounds; the first
+    ARITH_CALIBRATED items come from rounds in which every template still had one.
     """
     rngs = {template: random.Random(f"{SEED}:{template}") for template in ARITH_TEMPLATES}
     records: list[Record] = []
     seen: set[str] = set()
+    used_up: set[str] = set()
     for _ in range(ARITH_ROUNDS):
         for template, make in ARITH_TEMPLATES.items():
+            if template in used_up:
+                continue
             for _attempt in range(1000):
                 question, answer = make(rngs[template])
                 if question not in seen:
                     break
             else:
-                raise SystemExit(f"arith template {template!r} ran out of distinct questions")
+                used_up.add(template)
+                continue
             seen.add(question)
             index = len(records)
             rec = _record(f"arith-{index:03d}", "arith", "numeric", question, None)
             rec.update(reference=str(answer), category=template, split=arith_split(index))
             records.append(rec)
+    every_template = list(ARITH_TEMPLATES) * (ARITH_CALIBRATED // len(ARITH_TEMPLATES))
+    if [r["category"] for r in records[:ARITH_CALIBRATED]] != every_template:
+        raise SystemExit("an arith template ran out of questions within the calibrated items")
     selection = {
         "seed": SEED,
         "sample_size": len(records),
         "population": len(records),
         "templates": {name: str(make.__doc__) for name, make in ARITH_TEMPLATES.items()},
+        "by_template": dict(Counter(r["category"] for r in records)),
         "splits": dict(sorted(Counter(r["split"] for r in records).items())),
         "rule": f"{ARITH_ROUNDS} rounds, each drawing one question from every template in"
         " order (category = template), template T from random.Random(f'{seed}:{T}'); a question"
-        " already drawn is drawn again; split 'tune' for every third item by position, else"
+        " already drawn is drawn again, and a template with no new question in 1000 draws is"
+        " left out of the later rounds; split 'tune' for every third item by position, else"
         " 'test'",
         "calibration": ARITH_CALIBRATION,
     }
