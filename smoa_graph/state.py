@@ -43,7 +43,8 @@ class CallRecord(TypedDict):
 
 
 class JudgeRecord(TypedDict):
-    """What the judge selected and how (``method``: judge, vote, all or rule)."""
+    """What the judge selected and how (``method``: judge, vote, all, rule, or kept:
+    every proposer failed and the previous layer's selection stands)."""
 
     selected: list[int]
     method: str

@@ -1,7 +1,8 @@
 """Judge: after every layer, keep the best k of the layer's n responses; only they flow on.
 
 The judge is the proposers' fan-in. With k or fewer successful responses it keeps them all
-without a call; with none, the run ends with ``AllProposersFailedError``. When its call fails for
+without a call; with none, the previous layer's selection stands, and in the first layer the run
+ends with ``AllProposersFailedError``. When its call fails for
 good or its verdict is unusable, the deterministic rule of ``judging.validate_verdict`` selects.
 With ``selection='vote'`` the extracted answers select, and the judge is called only for a tie
 at the cut (or responses without an answer) that matters: not when the layer's plurality ends
@@ -34,7 +35,8 @@ def survivors(
 ) -> tuple[int, list[Candidate], list[Candidate], int]:
     """(layer, all candidates by index, the successful ones, k for them).
 
-    With no successful candidate the run cannot go on: ``AllProposersFailedError``.
+    With no successful candidate and no earlier selection (``previous_selection_stands``) the
+    run cannot go on: ``AllProposersFailedError``.
     """
     candidates = sorted(state["candidates"], key=lambda c: c["index"])
     ok = [c for c in candidates if c["ok"]]
@@ -45,6 +47,36 @@ def survivors(
             state.get("calls", []),
         )
     return state["layer"] + 1, candidates, ok, min(cfg.k, len(ok))
+
+
+def previous_selection_stands(state: LayerState) -> dict[str, Any] | None:
+    """The judge's update when every proposer of a later layer failed: the previous layer's
+    selection flows on unchanged (the record says so). None when a proposer succeeded or there
+    is no earlier selection."""
+    candidates = sorted(state["candidates"], key=lambda c: c["index"])
+    kept = state.get("selected", [])
+    if any(c["ok"] for c in candidates) or not kept:
+        return None
+    fallback = (
+        f"all {len(candidates)} proposers failed; layer {state['layer']}'s selection"
+        f" {[c['index'] for c in kept]} stands"
+    )
+    record = JudgeRecord(
+        selected=[],
+        method="kept",
+        reasoning="",
+        critique="",
+        called=False,
+        fallback=fallback,
+        stop_vote=None,
+    )
+    return {
+        "layer": state["layer"] + 1,
+        "selected": kept,
+        "critique": state.get("critique", ""),
+        "layers": [{"layer": state["layer"] + 1, "candidates": candidates, "judge": record}],
+        "calls": [],
+    }
 
 
 def vote_selection(texts: list[str], k: int) -> list[int] | None:
@@ -155,6 +187,8 @@ async def judge(kit: NodeKit, state: LayerState, runtime: Runtime[Any]) -> dict[
     """Keep the best k of this layer's successful responses (all of them when <= k, or when
     ``selection='all'``)."""
     cfg = kit.config(runtime)
+    if (kept := previous_selection_stands(state)) is not None:
+        return kept
     layer, candidates, ok, k = survivors(state, cfg)
     last_unjudged = not cfg.final_layer_judge and layer >= cfg.max_layers
     if cfg.selection == "all" or len(ok) <= k or last_unjudged:

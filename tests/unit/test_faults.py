@@ -27,6 +27,7 @@ from smoa_graph import (
     InvalidInputError,
     ModelConfigError,
     ModelRequest,
+    SMoAConfig,
     build_smoa_graph,
 )
 from smoa_graph import testing as faults
@@ -185,6 +186,33 @@ async def test_all_proposers_failing_ends_with_every_attempt_in_the_error() -> N
         await graph.ainvoke({"prompt": "q"})
     assert time.perf_counter() - started < 2
     assert len(info.value.calls) == 6 and not any(c["ok"] for c in info.value.calls)
+
+
+@pytest.mark.parametrize("preset", ["smoa", "every-role"])
+async def test_a_later_layer_whose_proposers_all_fail_keeps_the_earlier_selection(
+    preset: str,
+) -> None:
+    def responder(call: FakeCall) -> str:
+        if call.role == "proposer" and call.layer == 2:
+            raise ValueError("model down")
+        if call.role == "proposer":  # four different answers: no early stop after layer 1
+            return f"I think it is {call.index + 2}. Final answer: {call.index + 2}"
+        if call.role == "moderator":
+            return '{"reason": "they differ", "quality": 3, "stop": false}'
+        return default_responder(call)
+
+    fields: dict[str, Any] = dict(model="fake", n_proposers=4, k=2, max_layers=2, max_attempts=1)
+    config = SMoAConfig(preset="smoa", **fields) if preset == "smoa" else every_role(**fields)
+    factory = fake_factory(responder=responder)
+    out = await build_smoa_graph(config, model_factory=factory).compile().ainvoke({"prompt": "q"})
+    first, second = out["layers"]
+    assert not any(c["ok"] for c in second["candidates"])
+    assert second["judge"]["method"] == "kept" and not second["judge"]["called"]
+    assert "layer 1's selection" in (second["judge"]["fallback"] or "")
+    assert [c["index"] for c in out["selected"]] == first["judge"]["selected"]
+    aggregator = [c for c in factory.models["fake"].calls if c.role == "aggregator"]
+    assert len(aggregator) == 1 and all(c["text"] in aggregator[0].prompt for c in out["selected"])
+    assert out["answer"]
 
 
 async def test_fewer_than_k_survivors_need_no_judge_call() -> None:
