@@ -571,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         nargs="+",
         default=["single", "moa", "smoa"],
-        help="presets, or NAME:field=value,... (e.g. smoa-k1:preset=smoa,k=1)",
+        help="presets, or NAME:field=value,... with JSON values (e.g. smoa-k1:preset=smoa,k=1 or "
+        "smoa-full-view:preset=smoa,judge_view_chars=null)",
     )
     bench.add_argument("--out", default="bench_results/run", help="output folder (resumes)")
     bench.add_argument("--concurrency", type=int, default=1, help="runs in flight at once")

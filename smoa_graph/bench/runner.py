@@ -51,8 +51,18 @@ class Variant:
     config: SMoAConfig
 
 
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def parse_variant(text: str, base: dict[str, Any]) -> Variant:
     """A preset name (``single``, ``moa``, ``smoa``) or ``NAME:field=value,...``.
+
+    A value is read as JSON when it is JSON (``2``, ``0.5``, ``true``, ``null``, ``["a"]``), else
+    as a string.
 
     ``base`` holds settings shared by every variant (models, max_tokens, n, ...); a preset name
     keeps those it does not fix, and ``moa`` follows n with k = n.
@@ -64,7 +74,7 @@ def parse_variant(text: str, base: dict[str, Any]) -> Variant:
             key, sep, value = pair.partition("=")
             if not sep:
                 raise ValueError(f"variant {text!r}: expected field=value, got {pair!r}")
-            fields[key.strip()] = json.loads(value) if value[:1] in "[{0123456789-tf" else value
+            fields[key.strip()] = _json_or_text(value)
     else:
         fields = {k: v for k, v in base.items() if k not in PRESET_FIXED.get(name, ())}
         fields["preset"] = name

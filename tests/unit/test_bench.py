@@ -33,6 +33,9 @@ def test_variants_from_presets_and_overrides() -> None:
     assert (moa.config.n_proposers, moa.config.k) == (6, 6)
     custom = parse_variant("smoa-k1:preset=smoa,k=1,merge_judge_moderator=true", BASE)
     assert custom.name == "smoa-k1" and custom.config.k == 1 and custom.config.merge_judge_moderator
+    full_view = parse_variant("smoa-view:preset=smoa,judge_view_chars=null,stop_share=0.75", BASE)
+    assert full_view.config.judge_view_chars is None and full_view.config.stop_share == 0.75
+    assert parse_variant("x:preset=smoa,finish=aggregate", BASE).config.finish == "aggregate"
     with pytest.raises(ValueError, match="expected field=value"):
         parse_variant("x:k", BASE)
     with pytest.raises(ValidationError, match="k=9 is larger"):
