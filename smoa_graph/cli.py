@@ -167,6 +167,8 @@ def _progress(update: dict[str, Any], started: float) -> str | None:
             record = value["layers"][0]
             judge = record["judge"]
             method = judge.get("method", "judge" if judge["called"] else "all")
+            if method == "kept":
+                return f"{clock} layer {record['layer']}: {judge['fallback']}"
             how = {"all": "all kept", "vote": "vote"}.get(method, method)
             note = f" (fallback: {judge['fallback']})" if judge["fallback"] else ""
             return f"{clock} layer {record['layer']}: selected {judge['selected']} by {how}{note}"

@@ -6,11 +6,12 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from smoa_graph.cli import main
+from smoa_graph.cli import _progress, main
 from smoa_graph.testing import faulty_factory
 
 
@@ -162,3 +163,10 @@ def test_only_failed_model_calls_are_reported_as_endpoint_errors(
     )
     err = capsys.readouterr().err
     assert code == 1 and "model endpoint error: ConnectionError: injected connection error" in err
+
+
+def test_progress_says_when_a_layer_kept_the_earlier_selection() -> None:
+    fallback = "all 2 proposers failed; layer 1's selection [0, 3] stands"
+    judge = {"selected": [], "method": "kept", "called": False, "fallback": fallback}
+    line = _progress({"judge": {"layers": [{"layer": 2, "judge": judge}]}}, time.perf_counter())
+    assert line is not None and line.endswith(f"layer 2: {fallback}")
