@@ -202,7 +202,7 @@ class SMoAConfig(BaseModel):
         "before forwarded; others: every agent's previous answer, its own pointed out "
         "(multi-agent debate).",
     )
-    finish: Literal["aggregate", "vote", "agreement"] = Field(
+    finish: Literal["aggregate", "vote", "agreement", "plurality"] = Field(
         "aggregate",
         description="How the run ends. aggregate: the aggregator synthesises the final answer "
         "from the last selection; vote: the majority of the last layer's extracted final "
@@ -210,7 +210,9 @@ class SMoAConfig(BaseModel):
         "extracted, one call picks the most consistent response, as in Universal "
         "Self-Consistency); agreement: when the last layer agrees (its selected responses give "
         "one extracted answer, or stop_share of its answers do), the first response giving that "
-        "answer stands, with no call; otherwise the aggregator synthesises.",
+        "answer stands, with no call; otherwise the aggregator synthesises; plurality: the answer "
+        "that most of all the run's responses (every layer's) give, when no other ties it, "
+        "stands with its latest response, with no call; otherwise the aggregator synthesises.",
     )
     judge_index_base: Literal[0, 1] = Field(
         1,

@@ -6,6 +6,8 @@ answer is the answer, with no call (``consistency.majority_vote``); when no resp
 extractable answer, one call picks the most consistent response (Universal Self-Consistency).
 ``finish='agreement'``: when the last layer agrees, its agreed response stands with no call (a
 small model's synthesis loses answers that its proposers agreed on); otherwise as 'aggregate'.
+``finish='plurality'``: the same over all the run's responses, every layer's counted: the answer
+most of them give stands when no other ties it; otherwise as 'aggregate'.
 In the ``single`` preset the one proposer's answer is the answer.
 """
 
@@ -108,6 +110,18 @@ def agreed_response(cfg: SMoAConfig, state: SMoAState) -> Candidate | None:
     return next(c for c in pool if extract_final_answer(c["text"]) == agreed)
 
 
+def run_plurality(state: SMoAState) -> tuple[Candidate, int, int] | None:
+    """Under ``finish='plurality'``: the latest response giving the answer that most of the run's
+    responses give, with that count and the number of answers; None on a tie or no answer."""
+    pool = [c for layer in reversed(state.get("layers", [])) for c in layer["candidates"]]
+    pool = [c for c in pool if c["ok"]]
+    result = majority_vote([c["text"] for c in pool])
+    if result.winner is None or result.tie:
+        return None
+    winner = next(c for c in pool if extract_final_answer(c["text"]) == result.winner)
+    return winner, result.counts[result.winner], sum(result.counts.values())
+
+
 async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> dict[str, Any]:
     """End the run as ``finish`` says; write the answer and the summary."""
     cfg = kit.config(runtime)
@@ -123,6 +137,13 @@ async def aggregate(kit: NodeKit, state: SMoAState, runtime: Runtime[Any]) -> di
     elif cfg.finish == "agreement" and (agreed := agreed_response(cfg, state)) is not None:
         answer = clean_answer(agreed["text"])
         finished_by = f"agreement: proposer {agreed['index']}'s response stands (no call)"
+    elif cfg.finish == "plurality" and (top := run_plurality(state)) is not None:
+        winner, votes, answers = top
+        answer = clean_answer(winner["text"])
+        finished_by = (
+            f"plurality: {votes} of the run's {answers} answers agree, proposer"
+            f" {winner['index']}'s response stands (no call)"
+        )
     else:
         answer, calls = await synthesise(kit, cfg, state, selected)
         finished_by = f"aggregator over {len(selected)} response(s)"

@@ -114,11 +114,12 @@ def plurality_selection(texts: list[str], k: int) -> list[int]:
 
 
 def plurality_ends_run(cfg: SMoAConfig, candidates: list[Candidate]) -> bool:
-    """Whether the moderator will stop on this layer's plurality and its agreed response will
-    stand (``finish='agreement'``): what the judge selects then changes nothing."""
-    if cfg.finish != "agreement" or not cfg.early_stop or cfg.moderator == "never":
+    """Whether the moderator will stop on this layer's plurality and an agreed response will
+    stand: what the judge selects then changes nothing (``finish='agreement'``), or is read only
+    when the run-wide vote ties (``finish='plurality'``; the plurality selection then serves)."""
+    if cfg.finish not in ("agreement", "plurality") or not cfg.early_stop:
         return False
-    return plurality(cfg, candidates) is not None
+    return cfg.moderator != "never" and plurality(cfg, candidates) is not None
 
 
 def judged(

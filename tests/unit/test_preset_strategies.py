@@ -428,3 +428,41 @@ async def test_the_smoa_preset_as_shipped() -> None:
     assert calls_by_role(state) == {"proposer": 4 + 2, "judge": 1, "aggregator": 1}  # k go on
     assert [len(layer["candidates"]) for layer in state["layers"]] == [4, 2]
     assert state["summary"]["finished_by"] == "aggregator over 2 response(s)"
+
+
+@pytest.mark.parametrize(
+    ("second", "stands"),
+    [
+        ({0: 12, 2: 9}, "Layer 2, proposer 0. Final answer: 12"),  # 12 by 3 of 6 answers
+        ({0: 7, 2: 12}, None),  # 7 and 12 by 3 each: the aggregator synthesises
+    ],
+)
+async def test_the_runs_plurality_stands_over_every_layers_answers(
+    second: dict[int, int], stands: str | None
+) -> None:
+    first = {0: 7, 1: 7, 2: 12, 3: 12}  # 2 against 2: layer 1 does not stop
+
+    def responder(call: FakeCall) -> str:
+        if call.role == "proposer" and call.index is not None:
+            answer = (first if call.layer == 1 else second)[call.index]
+            return f"Layer {call.layer}, proposer {call.index}. Final answer: {answer}"
+        return default_responder(call)
+
+    factory = fake_factory(responder=responder)
+    config = SMoAConfig(model="fake", finish="plurality")  # the shipped smoa otherwise
+    state = await build_smoa_graph(config, model_factory=factory).compile().ainvoke({"prompt": "q"})
+    assert [len(layer["candidates"]) for layer in state["layers"]] == [4, 2]
+    if stands is None:
+        assert calls_by_role(state) == {"proposer": 6, "aggregator": 1}
+        assert state["summary"]["finished_by"] == "aggregator over 2 response(s)"
+    else:
+        assert calls_by_role(state) == {"proposer": 6} and state["answer"] == stands
+        assert state["summary"]["finished_by"].startswith("plurality: 3 of the run's 6 answers")
+
+
+async def test_a_first_layer_plurality_stands_under_the_runs_plurality_with_no_judge() -> None:
+    factory = fake_factory(responder=answers_by_index({0: 7, 1: 12, 2: 12, 3: 9}))
+    config = SMoAConfig(model="fake", finish="plurality")
+    state = await build_smoa_graph(config, model_factory=factory).compile().ainvoke({"prompt": "q"})
+    assert calls_by_role(state) == {"proposer": 4}  # no judge call for the 7-9 tie: it stops
+    assert state["answer"] == "Proposer 1 reasons. Final answer: 12"
