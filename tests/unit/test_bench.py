@@ -320,6 +320,23 @@ def test_goal_checks_against_moa_tokens_and_the_best_baseline() -> None:
     assert summarize(rows, ["moa", "cheaper-and-good"])["goals"] == {}  # no single baseline
 
 
+def test_an_ablation_reads_as_a_paired_delta_against_smoa_as_shipped() -> None:
+    rows = []
+    for i in range(4):
+        item = f"q{i}"
+        rows += [
+            scored_row("single", item, 0.0, 100),
+            scored_row("moa", item, 0.0, 1000),
+            scored_row("smoa", item, 1.0, 400),
+            scored_row("smoa-all-answer", item, float(i < 2), 600),
+        ]
+    summary = summarize(rows, ["single", "moa", "smoa", "smoa-all-answer"])
+    ablation = summary["ratios"]["smoa-all-answer/smoa"]
+    assert (ablation["tokens"], ablation["quality_delta"]) == (1.5, -0.5)
+    assert "smoa/smoa" not in summary["ratios"] and "single/smoa" in summary["ratios"]
+    assert set(summary["goals"]) == {"smoa", "smoa-all-answer"}  # smoa keeps its goal check
+
+
 def test_frontier_on_a_handmade_set() -> None:
     def point(tokens: float | None, quality: float | None) -> dict:
         return {"tokens": tokens, "quality": quality}
