@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -281,11 +280,13 @@ async def test_no_tracer_when_tracing_is_off() -> None:
     assert not [h for h in seen if isinstance(h, LangChainTracer)]
 
 
-def test_process_exits_promptly_without_tracing() -> None:
-    """Tracing left unset: a script that runs the demo graph exits at once (no ~13 s delay)."""
+def test_nothing_is_traced_when_tracing_is_left_unset() -> None:
+    """Tracing left unset: a script that runs the demo graph has no tracer and no LangSmith thread
+    (with ``LANGSMITH_TRACING=true`` and no key, that thread delays the exit by ~13 s)."""
     script = textwrap.dedent(
         """
         import asyncio
+        import threading
         from langchain_core.runnables import RunnableLambda
         from langchain_core.tracers import LangChainTracer
         from smoa_graph.graph import demo_graph
@@ -299,6 +300,9 @@ def test_process_exits_promptly_without_tracing() -> None:
         answer = asyncio.run(chain.ainvoke({"prompt": "What is 6 * 7?"}))
         print(answer)
         print("tracers:", sum(isinstance(h, LangChainTracer) for h in handlers))
+        targets = [getattr(t, "_target", None) for t in threading.enumerate()]
+        modules = [getattr(target, "__module__", None) or "" for target in targets]
+        print("langsmith threads:", sum(m.startswith("langsmith") for m in modules))
         """
     )
     env = {
@@ -306,7 +310,6 @@ def test_process_exits_promptly_without_tracing() -> None:
         for k, v in os.environ.items()
         if not k.startswith(("LANGSMITH_", "LANGCHAIN_")) and k != "PYTEST_CURRENT_TEST"
     }
-    started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -316,10 +319,9 @@ def test_process_exits_promptly_without_tracing() -> None:
         timeout=30,
         check=False,
     )
-    elapsed = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
-    assert ANSWER in done.stdout and "tracers: 0" in done.stdout
-    assert elapsed < 8, f"exit took {elapsed:.1f}s: is a tracer flushing on exit?"
+    assert ANSWER in done.stdout
+    assert "tracers: 0" in done.stdout and "langsmith threads: 0" in done.stdout, done.stdout
 
 
 def test_docs_snippets_run(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ async def test_retried_failures_are_each_recorded_and_counted() -> None:
     )
     started = time.perf_counter()
     out = await graph.ainvoke({"prompt": "q"})
-    assert time.perf_counter() - started < 3
+    assert time.perf_counter() - started < 10  # the 30 s hang was cut
     records = proposer_calls(out, 1)
     assert [r["ok"] for r in records] == [False, False, True]
     assert records[0]["error"] == "ConnectionError: injected connection error"
@@ -153,7 +153,7 @@ async def test_a_proposer_that_keeps_timing_out_fails_within_its_bound(sync: boo
     graph, _ = faulty_graph(["timeout"] * 3, max_attempts=3, proposer_timeout_s=0.1)
     started = time.perf_counter()
     out = graph.invoke({"prompt": "q"}) if sync else await graph.ainvoke({"prompt": "q"})
-    assert time.perf_counter() - started < 3 * 0.1 + 2  # the hung calls (30 s) were cut
+    assert time.perf_counter() - started < 10  # the hung calls (30 s each) were cut
     records = proposer_calls(out, 1)
     assert [r["ok"] for r in records] == [False, False, False]
     assert all(r["error"].startswith("AttemptTimeoutError: ") for r in records)
@@ -184,7 +184,7 @@ async def test_all_proposers_failing_ends_with_every_attempt_in_the_error() -> N
     started = time.perf_counter()
     with pytest.raises(AllProposersFailedError, match="all 3 proposers of layer 1 failed") as info:
         await graph.ainvoke({"prompt": "q"})
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 5  # no backoff between the attempts
     assert len(info.value.calls) == 6 and not any(c["ok"] for c in info.value.calls)
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import time
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
+from pydantic import Field
 
 from smoa_graph import (
     AllProposersFailedError,
@@ -20,6 +21,7 @@ from smoa_graph import (
 )
 from smoa_graph.testing import (
     FakeCall,
+    FakeChatModel,
     default_responder,
     disagreeing_responder,
     every_role,
@@ -44,30 +46,44 @@ def calls_of(factory: Any, role: str) -> list[FakeCall]:
     return [c for c in factory.models["fake"].calls if c.role == role]
 
 
+class GatedModel(FakeChatModel):
+    """Holds each of the first ``hold`` calls until all of them have started, for up to 10 s.
+
+    Calls made one after another never all start, so the first one times out and fails.
+    """
+
+    hold: int = 0
+    started: int = 0
+    all_started: asyncio.Event = Field(default_factory=asyncio.Event)
+
+    async def _wait_for_the_others(self) -> None:
+        self.started += 1
+        if self.started == self.hold:
+            self.all_started.set()
+        if self.started <= self.hold:
+            await asyncio.wait_for(self.all_started.wait(), timeout=10)
+
+    async def _agenerate(self, *args: Any, **kwargs: Any) -> Any:
+        await self._wait_for_the_others()
+        return await super()._agenerate(*args, **kwargs)
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> Any:
+        await self._wait_for_the_others()
+        async for chunk in super()._astream(*args, **kwargs):
+            yield chunk
+
+
 @pytest.mark.parametrize("sync", [False, True], ids=["ainvoke", "invoke"])
 async def test_proposers_run_concurrently(sync: bool) -> None:
     """Also in sync runs, whose async nodes run on the background loop."""
-    n, latency = 6, 0.2
-    timings: list[tuple[float, float]] = []
-
-    def timed(call: FakeCall) -> str:
-        if call.role == "proposer":
-            timings.append((time.perf_counter() - latency, time.perf_counter()))
-        return default_responder(call)
-
-    config = every_role(n_proposers=n, k=2, max_layers=1, model="fake")
-    graph, _ = run_graph(config, timed, latency_s=latency)
-    started = time.perf_counter()
-    if sync:
-        graph.invoke({"prompt": "q"})
-    else:
-        await graph.ainvoke({"prompt": "q"})
-    elapsed = time.perf_counter() - started
-    assert len(timings) == n
-    # every proposer was sleeping at the same moment: their intervals overlap
-    assert max(start for start, _ in timings) < min(end for _, end in timings)
-    # judge + aggregator add 2 more latencies; sequential proposers would need n * latency alone
-    assert elapsed < (n * latency + 2 * latency) * 0.6
+    n = 6
+    model = GatedModel(hold=n)  # the layer's n proposer calls come first
+    config = every_role(n_proposers=n, k=2, max_layers=1, model="fake", max_attempts=1)
+    graph = build_smoa_graph(config, model_factory=lambda request: model).compile()
+    out = graph.invoke({"prompt": "q"}) if sync else await graph.ainvoke({"prompt": "q"})
+    assert model.started > n  # the judge and the aggregator came after
+    proposers = [c for c in out["calls"] if c["role"] == "proposer"]
+    assert len(proposers) == n and all(c["ok"] for c in proposers)
 
 
 async def test_exactly_k_responses_flow_to_next_layer() -> None:
