@@ -403,7 +403,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from smoa_graph.local_server import local_server_rss_mb
 
     server = {"rss_mb": local_server_rss_mb(), "peak_rss_mb": local_server_rss_mb(peak=True)}
-    write_report(rows, names, out, title, server)
+    presets = {v.name: v.config.preset for v in variants}
+    write_report(rows, names, out, title, server, presets)
     print((out / "summary.md").read_text(encoding="utf-8"))
     failed = len(items) * len(names) - len(rows)
     print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,16 @@ def _ratio_of(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a.sum(axis=1) / b.sum(axis=1)
 
 
-def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[str, Any]:
-    """Per-variant means with intervals, paired comparisons, answer losses and the frontier."""
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    variants: Sequence[str],
+    presets: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Per-variant means with intervals, paired comparisons, answer losses and the frontier.
+
+    ``presets`` names each variant's preset (default: a variant named after a preset is it); it
+    tells which variants are self-consistency votes for the equal-tokens comparison.
+    """
     table: dict[str, dict[str, Any]] = {}
     losses: dict[str, dict[str, int]] = {}
     for name in variants:
@@ -122,6 +130,7 @@ def summarize(rows: Sequence[dict[str, Any]], variants: Sequence[str]) -> dict[s
         "goals": goal_checks(table, ratios),
         "answer_path": losses,
         "frontier": pareto_frontier(table),
+        "equal_tokens": against_votes_at_equal_tokens(rows, table, presets or {}),
         "token_ratio_goal": TOKEN_RATIO_GOAL,
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE},
     }
@@ -152,6 +161,36 @@ def goal_checks(
             "quality_met": margin >= -QUALITY_MARGIN,
         }
     return checks
+
+
+def against_votes_at_equal_tokens(
+    rows: Sequence[dict[str, Any]], table: dict[str, dict[str, Any]], presets: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Each method against the largest self-consistency vote that spends no more tokens than it.
+
+    Self-consistency is the cheap baseline that multi-agent methods often fail to beat at equal
+    cost: run it with more samples (``sc-8:preset=self-consistency,n_proposers=8``) to match a
+    method's tokens. ``winner`` is the side whose paired quality delta interval excludes zero,
+    else None (a tie within the noise).
+    """
+    votes = {
+        name: s["tokens"]
+        for name, s in table.items()
+        if presets.get(name, name) == "self-consistency" and s["tokens"] is not None
+    }
+    matches: dict[str, dict[str, Any]] = {}
+    for name, stats in table.items():
+        if name in votes or presets.get(name, name) == "single" or stats["tokens"] is None:
+            continue
+        affordable = [vote for vote, tokens in votes.items() if tokens <= stats["tokens"]]
+        if not affordable:
+            continue
+        vote = max(affordable, key=lambda v: votes[v])
+        result = compare(paired(rows, name, vote))
+        low, high = result["quality_delta_ci"] or (0.0, 0.0)
+        winner = name if low > 0 else vote if high < 0 else None
+        matches[name] = {"vote": vote, **result, "winner": winner}
+    return matches
 
 
 def paired(rows: Sequence[dict[str, Any]], a: str, b: str) -> Pairs:
@@ -294,6 +333,19 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
                 f"| {name} | {_fmt(g['tokens_vs_moa'], 3)} | {_met(g['tokens_met'])} | "
                 f"{g['quality_vs_best']:+.3f} | {_met(g['quality_met'])} |"
             )
+    if summary.get("equal_tokens"):
+        lines += [
+            "",
+            "| at equal or fewer tokens: against the largest self-consistency vote that costs no "
+            "more | vote | tokens x the vote's [95% CI] | quality - the vote's [95% CI] | wins |",
+            "|---|---|---:|---:|---|",
+        ]
+        for name, m in summary["equal_tokens"].items():
+            lines.append(
+                f"| {name} | {m['vote']} | {_with_ci(m['tokens'], m['tokens_ci'])} | "
+                f"{_with_ci(m['quality_delta'], m['quality_delta_ci'])} | "
+                f"{m['winner'] or 'neither (within the interval)'} |"
+            )
     if summary["answer_path"]:
         lines += [
             "",
@@ -370,12 +422,14 @@ def write_report(
     out_dir: Path,
     title: str,
     server: dict[str, float | None] | None = None,
+    presets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write summary.json, summary.md and plot.png into ``out_dir``; return the summary.
 
-    ``server``: the local model server's memory after the run (``rss_mb``, ``peak_rss_mb``).
+    ``server``: the local model server's memory after the run (``rss_mb``, ``peak_rss_mb``);
+    ``presets``: each variant's preset (see :func:`summarize`).
     """
-    summary = summarize(rows, variants)
+    summary = summarize(rows, variants, presets)
     markdown = to_markdown(summary, title)
     if server and server.get("rss_mb") is not None:
         summary["local_server"] = server

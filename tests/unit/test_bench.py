@@ -337,6 +337,35 @@ def test_an_ablation_reads_as_a_paired_delta_against_smoa_as_shipped() -> None:
     assert set(summary["goals"]) == {"smoa", "smoa-all-answer"}  # smoa keeps its goal check
 
 
+def test_each_method_meets_the_largest_vote_it_can_afford() -> None:
+    rows = []
+    for i in range(40):
+        item = f"q{i}"
+        rows += [
+            scored_row("single", item, float(i < 10), 100),
+            scored_row("self-consistency", item, float(i < 16), 400),
+            scored_row("sc-8", item, float(i < 20), 800),
+            scored_row("sc-16", item, float(i < 24), 1600),
+            scored_row("smoa", item, float(i < 20 or i >= 38), 1000),
+            scored_row("moa", item, float(i < 2), 2000),
+            scored_row("thrifty", item, 1.0, 300),
+        ]
+    names = ["single", "self-consistency", "sc-8", "sc-16", "smoa", "moa", "thrifty"]
+    presets = {"sc-8": "self-consistency", "sc-16": "self-consistency"}
+    summary = summarize(rows, names, presets)
+    matches = summary["equal_tokens"]
+    # votes and single are not matched; thrifty costs less than every vote
+    assert set(matches) == {"smoa", "moa"}
+    assert matches["smoa"]["vote"] == "sc-8"  # sc-16 costs more than smoa
+    assert (matches["smoa"]["tokens"], matches["smoa"]["quality_delta"]) == (1.25, 0.05)
+    assert matches["smoa"]["winner"] is None  # 2 items of 40: within the noise
+    assert (matches["moa"]["vote"], matches["moa"]["winner"]) == ("sc-16", "sc-16")
+    markdown = to_markdown(summary, "t")
+    assert "| smoa | sc-8 | 1.250 [" in markdown and "| neither (within the interval) |" in markdown
+    # without the presets, only the variant named self-consistency is a vote
+    assert summarize(rows, names)["equal_tokens"]["smoa"]["vote"] == "self-consistency"
+
+
 def test_frontier_on_a_handmade_set() -> None:
     def point(tokens: float | None, quality: float | None) -> dict:
         return {"tokens": tokens, "quality": quality}
