@@ -367,7 +367,11 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
-    """PNG: quality (95% interval bars) against tokens per query, the frontier marked; wall time."""
+    """PNG: quality (95% interval bars) against tokens per query, the frontier marked; wall time.
+
+    Each variant has its own colour and marker (a dozen ablation rows stay apart), the legend
+    sits below the points, and the wall-time bars are horizontal so long names stay readable.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,13 +380,26 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
 
     names = list(summary["variants"])
     stats = [summary["variants"][n] for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name, s in zip(names, stats, strict=True):
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = [palette(i % palette.N) for i in range(len(names))]
+    markers = "os^Dv<>pPX*h"
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 5 + 0.12 * len(names)), gridspec_kw={"width_ratios": (3, 2)}
+    )
+    for i, (name, s) in enumerate(zip(names, stats, strict=True)):
         if s["tokens"] is None or s["quality"] is None:
             continue
         low, high = s["quality_ci"] or (s["quality"], s["quality"])
         yerr = [[s["quality"] - low], [high - s["quality"]]]
-        left.errorbar(s["tokens"], s["quality"], yerr=yerr, fmt="o", capsize=4, label=name)
+        left.errorbar(
+            s["tokens"],
+            s["quality"],
+            yerr=yerr,
+            fmt=markers[i % len(markers)],
+            color=colors[i],
+            capsize=4,
+            label=name,
+        )
     frontier = [summary["variants"][n] for n in summary["frontier"]]
     if frontier:
         left.plot(
@@ -395,7 +412,7 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
             alpha=0.6,
             label="frontier",
         )
-    left.legend(loc="best", fontsize="small")  # not labels beside points: they would overlap
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize="small")
     tokens = [s["tokens"] for s in stats if s["tokens"]]
     if tokens and max(tokens) >= 10 * min(tokens):  # single vs ensembles: spread them out
         left.set_xscale("log")
@@ -406,13 +423,14 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     left.set_ylabel("quality (accuracy or rubric 1-5), 95% CI")
     left.set_title("quality vs tokens")
     left.grid(alpha=0.3)
-    right.bar(names, [s["wall_s"] or 0 for s in stats], color="#8e7cc3")
-    right.set_ylabel("wall time per query (s)")
+    right.barh(names, [s["wall_s"] or 0 for s in stats], color=colors)
+    right.invert_yaxis()  # the first variant on top, as in the tables
+    right.set_xlabel("wall time per query (s)")
     right.set_title("wall time")
-    right.tick_params(axis="x", labelrotation=30)
+    right.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
