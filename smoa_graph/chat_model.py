@@ -165,23 +165,15 @@ class SMoAChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         self._check(stop)
-        end: dict[str, Any] = {}
-        streamed = False
+        answer = _AnswerStream()
         data: Any
         for _, mode, data in self._graph.stream(
-            {"messages": messages},
-            self._run_config(run_manager),
-            stream_mode=["messages", "updates"],
-            subgraphs=True,
+            {"messages": messages}, self._run_config(run_manager), **_STREAM_MODES
         ):
-            if mode == "updates" and "aggregator" in data:
-                end = data["aggregator"]
-            elif (chunk := _final_token(mode, data)) is not None:
-                streamed = True
+            if (chunk := answer.token(mode, data)) is not None:
                 yield chunk  # the base class reports each chunk to the callbacks
-        if not streamed and end.get("answer"):  # a vote writes no tokens: the answer at once
-            yield ChatGenerationChunk(message=AIMessageChunk(content=end["answer"]))
-        yield self._last_chunk(end)
+        yield from answer.unstreamed()
+        yield self._last_chunk(answer.end)
 
     async def _astream(
         self,
@@ -191,23 +183,16 @@ class SMoAChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         self._check(stop)
-        end: dict[str, Any] = {}
-        streamed = False
+        answer = _AnswerStream()
         data: Any
         async for _, mode, data in self._graph.astream(
-            {"messages": messages},
-            self._run_config(run_manager),
-            stream_mode=["messages", "updates"],
-            subgraphs=True,
+            {"messages": messages}, self._run_config(run_manager), **_STREAM_MODES
         ):
-            if mode == "updates" and "aggregator" in data:
-                end = data["aggregator"]
-            elif (chunk := _final_token(mode, data)) is not None:
-                streamed = True
+            if (chunk := answer.token(mode, data)) is not None:
                 yield chunk  # the base class reports each chunk to the callbacks
-        if not streamed and end.get("answer"):  # a vote writes no tokens: the answer at once
-            yield ChatGenerationChunk(message=AIMessageChunk(content=end["answer"]))
-        yield self._last_chunk(end)
+        for chunk in answer.unstreamed():
+            yield chunk
+        yield self._last_chunk(answer.end)
 
     # -- not supported -------------------------------------------------------------------------
 
@@ -240,11 +225,32 @@ def _usage(summary: dict[str, Any]) -> UsageMetadata:
     )
 
 
-def _final_token(mode: str, data: Any) -> ChatGenerationChunk | None:
-    """A chunk of the final answer's text from a ``messages`` stream item, else None."""
-    if mode != "messages":
-        return None
-    message, metadata = data
-    if not is_final_answer(metadata) or not message.text:
-        return None
-    return ChatGenerationChunk(message=AIMessageChunk(content=message.text))
+_STREAM_MODES: dict[str, Any] = {"stream_mode": ["messages", "updates"], "subgraphs": True}
+"""What a stream of the model reads from the graph: tokens, and node updates for the end."""
+
+
+class _AnswerStream:
+    """Reads the graph's stream: the final answer's tokens as they come, and the aggregator's
+    update that ends the run (``end``)."""
+
+    def __init__(self) -> None:
+        self.end: dict[str, Any] = {}
+        self.streamed = False
+
+    def token(self, mode: str, data: Any) -> ChatGenerationChunk | None:
+        """A chunk of the final answer's text from one stream item, else None."""
+        if mode == "updates":
+            self.end = data.get("aggregator", self.end)
+            return None
+        message, metadata = data
+        if not is_final_answer(metadata) or not message.text:
+            return None
+        self.streamed = True
+        return ChatGenerationChunk(message=AIMessageChunk(content=message.text))
+
+    def unstreamed(self) -> list[ChatGenerationChunk]:
+        """The whole answer in one chunk when no model call wrote it (a vote, an agreed
+        response), else nothing."""
+        if self.streamed or not self.end.get("answer"):
+            return []
+        return [ChatGenerationChunk(message=AIMessageChunk(content=self.end["answer"]))]
