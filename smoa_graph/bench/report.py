@@ -84,7 +84,8 @@ def summarize(
     """Per-variant means with intervals, paired comparisons, answer losses and the frontier.
 
     ``presets`` names each variant's preset (default: a variant named after a preset is it); it
-    tells which variants are self-consistency votes for the equal-tokens comparison.
+    tells which variants are baselines (no goal check) and self-consistency votes (the
+    equal-tokens comparison).
     """
     table: dict[str, dict[str, Any]] = {}
     losses: dict[str, dict[str, int]] = {}
@@ -127,7 +128,7 @@ def summarize(
     return {
         "variants": table,
         "ratios": ratios,
-        "goals": goal_checks(table, ratios),
+        "goals": goal_checks(table, ratios, presets or {}),
         "answer_path": losses,
         "frontier": pareto_frontier(table),
         "equal_tokens": against_votes_at_equal_tokens(rows, table, presets or {}),
@@ -137,12 +138,13 @@ def summarize(
 
 
 def goal_checks(
-    table: dict[str, dict[str, Any]], ratios: dict[str, Any]
+    table: dict[str, dict[str, Any]], ratios: dict[str, Any], presets: Mapping[str, str]
 ) -> dict[str, dict[str, Any]]:
     """Per variant: is it cheap enough against MoA and as good as the best of single and MoA?
 
     The goal of a sparse variant: tokens <= TOKEN_RATIO_GOAL x MoA's (paired items) and quality
-    >= max(single, moa) - QUALITY_MARGIN. Empty unless both baselines ran.
+    >= max(single, moa) - QUALITY_MARGIN. Baselines and variants of their presets (a larger
+    vote) have none. Empty unless both single and moa ran.
     """
     baselines = [table.get(b, {}).get("quality") for b in ("single", "moa")]
     if None in baselines:
@@ -151,7 +153,7 @@ def goal_checks(
     checks: dict[str, dict[str, Any]] = {}
     for name, stats in table.items():
         vs_moa = ratios.get(f"{name}/moa")
-        if name in BASELINES or vs_moa is None or stats["quality"] is None:
+        if presets.get(name, name) in BASELINES or vs_moa is None or stats["quality"] is None:
             continue
         margin = round(stats["quality"] - best, 4)
         checks[name] = {

@@ -318,6 +318,8 @@ def test_goal_checks_against_moa_tokens_and_the_best_baseline() -> None:
     assert goals["good-but-dear"]["quality_met"] and not goals["good-but-dear"]["tokens_met"]
     assert "| cheaper-and-good | 0.500 | met | +0.000 | met |" in to_markdown(summary, "t")
     assert summarize(rows, ["moa", "cheaper-and-good"])["goals"] == {}  # no single baseline
+    as_a_vote = {"cheaper-and-good": "self-consistency"}  # a larger vote is a baseline too
+    assert set(summarize(rows, ["single", "moa", "cheaper-and-good"], as_a_vote)["goals"]) == set()
 
 
 def test_an_ablation_reads_as_a_paired_delta_against_smoa_as_shipped() -> None:
