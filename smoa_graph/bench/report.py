@@ -87,6 +87,7 @@ def summarize(
     tells which variants are baselines (no goal check) and self-consistency votes (the
     equal-tokens comparison).
     """
+    presets = presets or {}
     table: dict[str, dict[str, Any]] = {}
     losses: dict[str, dict[str, int]] = {}
     for name in variants:
@@ -128,10 +129,10 @@ def summarize(
     return {
         "variants": table,
         "ratios": ratios,
-        "goals": goal_checks(table, ratios, presets or {}),
+        "goals": goal_checks(table, ratios, presets),
         "answer_path": losses,
         "frontier": pareto_frontier(table),
-        "equal_tokens": against_votes_at_equal_tokens(rows, table, presets or {}),
+        "equal_tokens": against_votes_at_equal_tokens(rows, table, presets),
         "token_ratio_goal": TOKEN_RATIO_GOAL,
         "bootstrap": {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE},
     }
